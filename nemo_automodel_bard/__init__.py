@@ -4,7 +4,13 @@ Importing the package registers ``bard_vl`` with transformers' auto classes and
 ``BardVLForConditionalGeneration`` with AutoModel's architecture registry.
 """
 
-from nemo_automodel_bard.models.bard_vl import BardVLConfig, BardVLForConditionalGeneration  # noqa: F401  (registers)
+from nemo_automodel_bard.models import bard_vl as _bard_vl  # noqa: F401  (import registers the model)
 
 __version__ = "0.1.0"
 __all__ = ["BardVLConfig", "BardVLForConditionalGeneration", "__version__"]
+
+
+def __getattr__(name: str):
+    if name in ("BardVLConfig", "BardVLForConditionalGeneration"):
+        return getattr(_bard_vl, name)
+    raise AttributeError(f"module 'nemo_automodel_bard' has no attribute {name!r}")
