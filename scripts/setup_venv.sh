@@ -12,7 +12,8 @@ if [ -f "$stamp" ]; then
   exit 0
 fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-pip_q() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | grep -v "^WARNING: Location" || true; }
+# pip's own exit status decides (pipefail); only its noisy local-index warnings are filtered.
+pip_q() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 echo "[setup] installing torch 2.14.1 + torchvision 0.29.1 into $VENV (a few minutes on a fresh machine)"
 pip_q torch==2.14.1 torchvision==0.29.1
 echo "[setup] installing nemo-automodel 0.7.0, qwen-vl-utils and this package"
