@@ -82,6 +82,7 @@ def block_diffusion_mask(
     doc: torch.Tensor | None = None,
     *,
     causal_prompt: bool = False,
+    query_start: int = 0,
 ) -> torch.Tensor:
     """Boolean attention mask (True = attend) for a block-diffusion layout.
 
@@ -90,14 +91,18 @@ def block_diffusion_mask(
         block: ``[B, S]`` int block ids (see module docstring).
         doc: ``[B, S]`` int packed-sample ids, or None for one sample per row.
         causal_prompt: token-causal instead of block-causal attention inside the prompt.
+        query_start: only the rows of queries ``query_start..S-1`` (decoding with a KV cache:
+            the current queries are the last tokens, the keys are cache + queries).
 
     Returns:
-        ``[B, S, S]`` bool, ``mask[b, q, k]``.
+        ``[B, S - query_start, S]`` bool, ``mask[b, q - query_start, k]``.
     """
     if segment.shape != block.shape or segment.dim() != 2:
         raise ValueError(f"segment and block must both be [B, S]; got {tuple(segment.shape)} and {tuple(block.shape)}")
-    seg_q, seg_k = segment[:, :, None], segment[:, None, :]
-    blk_q, blk_k = block[:, :, None], block[:, None, :]
+    if not 0 <= query_start < segment.shape[1]:
+        raise ValueError(f"query_start must be in [0, {segment.shape[1]}), got {query_start}")
+    seg_q, seg_k = segment[:, query_start:, None], segment[:, None, :]
+    blk_q, blk_k = block[:, query_start:, None], block[:, None, :]
 
     known_k = (seg_k == PREFIX) | (seg_k == CLEAN)
     # prefix / clean queries: block-causal over known keys, never noisy keys (D4).
@@ -105,7 +110,7 @@ def block_diffusion_mask(
     if causal_prompt:
         idx = torch.arange(segment.shape[1], device=segment.device)
         prompt_pair = (seg_q == PREFIX) & (seg_k == PREFIX)
-        known_q_rule = torch.where(prompt_pair, idx[None, None, :] <= idx[None, :, None], known_q_rule)
+        known_q_rule = torch.where(prompt_pair, idx[None, None, :] <= idx[None, query_start:, None], known_q_rule)
     # noisy queries: all of the prompt, clean blocks before their own, their own noisy block.
     noisy_q_rule = (
         (seg_k == PREFIX)
@@ -115,9 +120,9 @@ def block_diffusion_mask(
     mask = torch.where(seg_q == NOISY, noisy_q_rule, known_q_rule)
     mask &= (seg_q != PAD) & (seg_k != PAD)
     if doc is not None:
-        mask &= doc[:, :, None] == doc[:, None, :]
+        mask &= doc[:, query_start:, None] == doc[:, None, :]
     # A padding query sees only itself: no empty softmax rows, no effect on real tokens.
-    eye = torch.eye(segment.shape[1], dtype=torch.bool, device=segment.device)
+    eye = torch.eye(segment.shape[1], dtype=torch.bool, device=segment.device)[query_start:]
     return mask | (eye & (seg_q == PAD))
 
 

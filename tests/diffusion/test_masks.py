@@ -146,3 +146,15 @@ def test_bad_shapes_and_block_size_are_refused():
         block_diffusion_mask(torch.zeros(3, dtype=torch.long), torch.zeros(3, dtype=torch.long))
     with pytest.raises(ValueError, match="block_size"):
         sample_block_ids(3, 3, 0)
+
+
+@pytest.mark.parametrize("causal_prompt", [False, True])
+def test_query_start_rows_equal_the_full_mask_slice(causal_prompt):
+    row = _training_row([(5, 4), (3, 8)], 4, pad_to=40)
+    segment, block, doc = _layout_tensors(row, 4)
+    full = block_diffusion_mask(segment, block, doc, causal_prompt=causal_prompt)
+    for start in (0, 7, 39):
+        part = block_diffusion_mask(segment, block, doc, causal_prompt=causal_prompt, query_start=start)
+        assert torch.equal(part, full[:, start:])
+    with pytest.raises(ValueError, match="query_start"):
+        block_diffusion_mask(segment, block, doc, query_start=40)
