@@ -1,7 +1,17 @@
 """The few patches NeMo AutoModel 0.7.0 needs to train on a machine without CUDA.
 
 Applied only when CUDA is unavailable (never on a GPU machine), idempotent, all in one
-place (automodel_notes.md section 5).
+place (automodel_notes.md section 5). Each was verified necessary with torch 2.14.1 (CPU-only
+machine), by running the tiny PBM recipe with that one patch removed:
+
+1. ``torch.cuda.reset_peak_memory_stats`` raises ``RuntimeError: invalid argument`` (called
+   first thing in the VLM recipe's ``setup`` and after every logged step);
+2. ``torch.cuda.current_device`` raises ``Found no NVIDIA driver`` (``from_pretrained`` /
+   ``from_config`` build ``torch.device("cuda", current_device())``);
+3. AutoModel's ``apply_model_infrastructure`` is then handed ``cuda:0`` and moves the model
+   there (``no NVIDIA driver`` again): forced to CPU.
+
+``torch.cuda.max_memory_allocated`` / ``memory_allocated`` already return 0 without CUDA.
 """
 
 from __future__ import annotations
@@ -14,7 +24,7 @@ _APPLIED = False
 
 
 def apply_cpu_shims() -> bool:
-    """Patch torch.cuda memory/device queries and AutoModel's device placement for CPU runs.
+    """Patch the CUDA queries and AutoModel's device placement for CPU runs.
 
     Returns True when the shims are (now or already) active, False on a CUDA machine.
     """
@@ -23,11 +33,7 @@ def apply_cpu_shims() -> bool:
         return False
     if _APPLIED:
         return True
-    # AutoModel calls these unconditionally for its memory metrics.
     torch.cuda.reset_peak_memory_stats = lambda *a, **k: None
-    torch.cuda.max_memory_allocated = lambda *a, **k: 0
-    torch.cuda.memory_allocated = lambda *a, **k: 0
-    # from_config / from_pretrained build torch.device("cuda", current_device()).
     torch.cuda.current_device = lambda: 0
 
     import nemo_automodel._transformers.auto_model as auto_model
@@ -36,7 +42,6 @@ def apply_cpu_shims() -> bool:
 
     @functools.wraps(original)
     def _on_cpu(*args, **kwargs):
-        # Without this the int device 0 makes to_empty() target a missing accelerator.
         kwargs["device"] = torch.device("cpu")
         return original(*args, **kwargs)
 

@@ -1,0 +1,182 @@
+"""Reading multimodal chat samples in the upstream ``messages`` schema (bard_spec.md section 8).
+
+A row holds ``messages`` (a list, or a JSON string of one) of
+``{"role": "system"|"user"|"assistant", "content": str | [{"type": "text", "text": ...} |
+{"type": "image", "image": path | {"bytes": ..., "path": ...}} | {"type": "video", "video": path}]}``.
+Rows come from a jsonl file (one JSON object per line) or from an HF dataset saved with
+``save_to_disk``. Image paths are relative to ``root_dir`` (default: the jsonl's folder or
+the dataset folder).
+
+Every row is known by its *source* (``file:line`` for jsonl, ``dir[row i]`` for Arrow) so
+that errors point at it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["BadSampleError", "ChatRow", "read_rows", "check_row", "split_last_assistant", "load_image"]
+
+ROLES = ("system", "user", "assistant")
+
+
+class BadSampleError(ValueError):
+    """A row that cannot be trained on; the message starts with its source (file:line)."""
+
+    def __init__(self, source: str, reason: str) -> None:
+        super().__init__(f"{source}: {reason}")
+        self.source = source
+        self.reason = reason
+
+
+@dataclass
+class ChatRow:
+    """One raw row: its ``messages`` (maybe still a JSON string), its source and image root."""
+
+    messages: Any
+    source: str
+    root_dir: Path
+
+
+def _jsonl_rows(path: Path, root_dir: Path) -> list[ChatRow]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            source = f"{path}:{lineno}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                rows.append(ChatRow(messages=BadSampleError(source, f"invalid JSON ({exc.msg})"), source=source, root_dir=root_dir))
+                continue
+            messages = record.get("messages") if isinstance(record, dict) else None
+            rows.append(ChatRow(messages=messages, source=source, root_dir=root_dir))
+    return rows
+
+
+def _arrow_rows(path: Path, root_dir: Path, split: str | None) -> list[ChatRow]:
+    import datasets
+
+    data = datasets.load_from_disk(str(path))
+    if isinstance(data, datasets.DatasetDict):
+        if split is None:
+            if len(data) != 1:
+                raise ValueError(f"{path} holds splits {list(data)}; set dataset.split")
+            split = next(iter(data))
+        data = data[split]
+    if "messages" not in data.column_names:
+        raise ValueError(f"{path}: no 'messages' column (columns: {data.column_names})")
+    column = data["messages"]
+    return [ChatRow(messages=m, source=f"{path}[row {i}]", root_dir=root_dir) for i, m in enumerate(column)]
+
+
+def read_rows(path_or_paths: str | os.PathLike | list, root_dir: str | None = None, split: str | None = None) -> list[ChatRow]:
+    """All rows of one or more jsonl files / ``save_to_disk`` folders, in order."""
+    paths = path_or_paths if isinstance(path_or_paths, (list, tuple)) else [path_or_paths]
+    rows: list[ChatRow] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise FileNotFoundError(f"dataset path {path} does not exist")
+        root = Path(root_dir).expanduser() if root_dir else (path if path.is_dir() else path.parent)
+        if path.is_dir():
+            rows += _arrow_rows(path, root, split)
+        else:
+            rows += _jsonl_rows(path, root)
+    return rows
+
+
+def _parse_messages(row: ChatRow) -> list[dict]:
+    messages = row.messages
+    if isinstance(messages, BadSampleError):
+        raise messages
+    if isinstance(messages, str):
+        try:
+            messages = json.loads(messages)
+        except json.JSONDecodeError as exc:
+            raise BadSampleError(row.source, f"'messages' is a string but not JSON ({exc.msg})") from None
+    if not isinstance(messages, list) or not messages:
+        raise BadSampleError(row.source, "missing or empty 'messages' list")
+    for turn in messages:
+        if not isinstance(turn, dict) or turn.get("role") not in ROLES:
+            raise BadSampleError(row.source, f"bad turn {str(turn)[:80]!r}: needs a role in {ROLES}")
+    return messages
+
+
+def _content_items(turn: dict) -> list[dict]:
+    content = turn.get("content")
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    if content is None:
+        return []
+    return [c for c in content if isinstance(c, dict)]
+
+
+def split_last_assistant(messages: list[dict], source: str) -> tuple[list[dict], dict]:
+    """``(prompt turns, last assistant turn)``; turns after the last assistant turn are dropped."""
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise BadSampleError(source, "no assistant turn (the response is the last assistant turn)")
+    if last == 0:
+        raise BadSampleError(source, "the assistant turn has no prompt before it")
+    return messages[:last], messages[last]
+
+
+def _image_path(item: dict, root_dir: Path) -> Path | None:
+    ref = item.get("image")
+    if isinstance(ref, dict):
+        if ref.get("bytes") is not None:
+            return None
+        ref = ref.get("path")
+    if not isinstance(ref, str) or not ref:
+        return None
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() else root_dir / path
+
+
+def check_row(row: ChatRow) -> tuple[list[dict], dict]:
+    """Cheap structural checks (no image decoding): messages, assistant turn, image files exist.
+
+    Returns the ``(prompt, response)`` turns; raises :class:`BadSampleError`.
+    """
+    prompt, response = split_last_assistant(_parse_messages(row), row.source)
+    for item in _content_items(response):
+        if item.get("type") in ("image", "video"):
+            raise BadSampleError(row.source, "images or videos in the response turn are not supported")
+    for turn in prompt:
+        for item in _content_items(turn):
+            kind = item.get("type")
+            if kind == "image":
+                path = _image_path(item, row.root_dir)
+                ref = item.get("image")
+                if path is None and not (isinstance(ref, dict) and ref.get("bytes") is not None):
+                    raise BadSampleError(row.source, f"image item without a path or bytes: {str(item)[:80]!r}")
+                if path is not None and not path.is_file():
+                    raise BadSampleError(row.source, f"missing image file {path}")
+            elif kind == "video":
+                raise BadSampleError(row.source, "video items are not supported by this reader yet")
+    if not any(item.get("type") == "text" and item.get("text") for item in _content_items(response)):
+        raise BadSampleError(row.source, "the assistant turn has no text")
+    return prompt, response
+
+
+def load_image(item: dict, root_dir: Path, source: str):
+    """Decode one image item to an RGB ``PIL.Image``; raises :class:`BadSampleError`."""
+    from PIL import Image
+
+    ref = item.get("image")
+    try:
+        if isinstance(ref, dict) and ref.get("bytes") is not None:
+            image = Image.open(io.BytesIO(ref["bytes"]))
+        else:
+            image = Image.open(_image_path(item, root_dir))
+        image.load()
+        return image.convert("RGB")
+    except Exception as exc:  # PIL raises many types for broken files
+        raise BadSampleError(source, f"unreadable image ({type(exc).__name__}: {exc})") from None

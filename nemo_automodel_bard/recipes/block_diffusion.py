@@ -1,0 +1,309 @@
+"""``BardDiffusionRecipe``: one block-diffusion SFT run on AutoModel's VLM fine-tune recipe.
+
+A thin subclass of ``FinetuneRecipeForVLM``: AutoModel keeps the loop, FSDP2, optimizer, LR
+schedule (stepped once per optimizer step, D10), checkpointing, resume and logging. This
+class only
+
+* rewrites the config before AutoModel reads it (:func:`prepare_config`): our collator, the
+  block size for the dataset, the vision-tower LR multiplier, unknown keys rejected (D12);
+* applies the noise per optimizer step with a step-seeded generator (:meth:`apply_noise`),
+  so a resumed run sees exactly the noise of the uninterrupted one;
+* builds the model inputs (:meth:`build_model_inputs`: noisy ids, mRoPE positions,
+  block-diffusion mask for any block size) and the loss (:meth:`compute_loss`);
+* overrides ``_forward_backward_step`` and ``_run_validation_epoch`` with those hooks.
+
+Hooks a subclass (SWD) overrides: ``build_model_inputs(batch, block_size)``,
+``compute_loss(logits, batch, keep, denominator)``, ``_forward_backward_step``,
+``extra_config_sections``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from contextlib import nullcontext
+from typing import Any, Mapping
+
+import torch
+from nemo_automodel.components.config.loader import ConfigNode
+from nemo_automodel.components.distributed.utils import get_sync_ctx
+from nemo_automodel.components.loggers.metric_logger import MetricsSample
+from nemo_automodel.recipes.vlm.finetune import FinetuneRecipeForVLM
+
+from nemo_automodel_bard._cpu_shim import apply_cpu_shims
+from nemo_automodel_bard.diffusion.layout import apply_noise, layout_attention_mask, layout_position_ids
+from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
+from nemo_automodel_bard.diffusion.noise import substitute_vocabulary
+from nemo_automodel_bard.recipes.config_check import (
+    BardSettings,
+    ConfigKeyError,
+    plain_config,
+    check_top_level_keys,
+)
+
+__all__ = ["BardDiffusionRecipe", "prepare_config", "VISION_TOWER_PATTERN", "COLLATE_TARGET"]
+
+logger = logging.getLogger(__name__)
+
+COLLATE_TARGET = "nemo_automodel_bard.data.collate.bard_collate"
+_DATASET_TARGETS = (
+    "nemo_automodel_bard.data.dataset.build_chat_dataset",
+    "nemo_automodel_bard.data.dataset.BardChatDataset",
+)
+# Vision tower proper (patch embedding, position embedding, blocks); the mergers train at
+# the language LR (bard_spec.md section 5, parameter groups).
+VISION_TOWER_PATTERN = r"(^|\.)model\.visual\.(patch_embed|pos_embed|blocks)\."
+_MODEL_INPUT_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
+
+
+def prepare_config(config: Mapping[str, Any], extra_sections: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Validate a plain config dict and fill in what AutoModel must see (returns a copy)."""
+    config = copy.deepcopy(dict(config))
+    check_top_level_keys(config, extra_sections)
+    bard = BardSettings.from_mapping(config.get("bard"))
+    config.pop("pbm", None)
+    _wire_data(config, bard)
+    # nccl needs CUDA; `auto` (or nothing) picks the backend from the hardware.
+    dist_env = dict(config.get("dist_env") or {})
+    if dist_env.get("backend") in (None, "auto") or (dist_env["backend"] == "nccl" and not torch.cuda.is_available()):
+        dist_env["backend"] = "nccl" if torch.cuda.is_available() else "gloo"
+    config["dist_env"] = dist_env
+    # The VLM recipe requires a loss_fn section; ours replaces it in the train step.
+    config.setdefault("loss_fn", {"_target_": "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy"})
+    if bard.vision_lr_multiplier != 1.0:
+        _add_vision_lr_group(config, bard.vision_lr_multiplier)
+    return config
+
+
+def _wire_data(config: dict[str, Any], bard: BardSettings) -> None:
+    """Our collator in the (validation) dataloader; block size and no pretokenization for our dataset."""
+    loader = dict(config.get("dataloader") or {})
+    user_collate = loader.get("collate_fn")
+    if user_collate is not None:
+        target = user_collate.get("_target_") if isinstance(user_collate, Mapping) else user_collate
+        if target != COLLATE_TARGET:
+            raise ConfigKeyError(
+                "dataloader.collate_fn: the recipe sets its own collator from `bard:` (packing in bard.packing)"
+            )
+    collate = {
+        "_target_": COLLATE_TARGET,
+        "block_size": int(bard.block_size),
+        "pack_size": bard.packing.pack_size,
+        "pad_to_multiple_of": bard.packing.pad_to_multiple_of,
+    }
+    config["dataloader"] = {**loader, "collate_fn": collate}
+    if config.get("validation_dataset") is not None:
+        config["validation_dataloader"] = {**dict(config.get("validation_dataloader") or {}), "collate_fn": dict(collate)}
+    for section in ("dataset", "validation_dataset"):
+        node = config.get(section)
+        if isinstance(node, Mapping) and node.get("_target_") in _DATASET_TARGETS:
+            # AutoModel pretokenizes (next-token labels) whenever a dataset has max_length: not ours.
+            config[section] = {**node, "block_size": int(bard.block_size), "pretokenize": False}
+
+
+def _add_vision_lr_group(config: dict[str, Any], multiplier: float) -> None:
+    """An AutoModel param-group override for the vision tower (its scheduler applies ``lr_mult``)."""
+    if not config.get("lr_scheduler"):
+        raise ConfigKeyError(
+            "bard.vision_lr_multiplier needs an lr_scheduler section (AutoModel applies lr_mult in its scheduler)"
+        )
+    optimizer = dict(config.get("optimizer") or {})
+    overrides = list(optimizer.get("param_group_overrides") or [])
+    overrides.append({"pattern": VISION_TOWER_PATTERN, "lr_mult": float(multiplier)})
+    config["optimizer"] = {**optimizer, "param_group_overrides": overrides}
+
+
+def _mix_seed(*parts: int) -> int:
+    """A 63-bit seed from integers (deterministic, unlike hash() of a tuple across runs)."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0x100000001B3 % (1 << 64)
+    return value % (1 << 63)
+
+
+class BardDiffusionRecipe(FinetuneRecipeForVLM):
+    """Block-diffusion SFT of a Bard-VL model at one block size (a PBM stage)."""
+
+    # Top-level YAML sections a subclass adds (SWD: teacher, teacher_model, distill).
+    extra_config_sections: frozenset[str] = frozenset()
+
+    def __init__(self, cfg: Any) -> None:
+        raw = plain_config(cfg)
+        self.bard = BardSettings.from_mapping(raw.get("bard"))
+        super().__init__(ConfigNode(prepare_config(raw, self.extra_config_sections)))
+
+    # ------------------------------------------------------------------ setup
+    def setup(self) -> None:
+        """AutoModel's setup, then bind the processor/block size and read the model's BARD fields."""
+        apply_cpu_shims()
+        super().setup()
+        self.block_size = int(self.bard.block_size)
+        for loader in (self.dataloader, self.val_dataloader):
+            dataset = getattr(loader, "dataset", None)
+            if hasattr(dataset, "bind"):
+                dataset.bind(processor=self.processor, block_size=self.block_size)
+        model = self.model_parts[0]
+        config = model.config
+        self.mask_token_id = self.bard.mask_token_id
+        if self.mask_token_id is None:
+            self.mask_token_id = getattr(config, "mask_token_id", None)
+        if self.mask_token_id is None:
+            raise ValueError("no mask token id: set bard.mask_token_id or use a Bard-VL config with mask_token_id")
+        self.prompt_attention = self.bard.prompt_attention or getattr(config, "prompt_attention", None) or "block"
+        # The consolidated checkpoint records what it was trained with.
+        for name, value in (("block_size", self.block_size), ("mask_token_id", self.mask_token_id),
+                            ("prompt_attention", self.prompt_attention)):
+            try:
+                setattr(config, name, value)
+            except Exception:  # a strict non-Bard config may refuse new fields
+                logger.warning("could not record %s=%s in the model config", name, value)
+        self.substitute_ids = self._substitute_ids(config) if self.bard.noise.schedule == "mixed" else None
+        self.noise_seed = self.bard.seed if self.bard.seed is not None else int(self.cfg.get("seed", 42))
+        self._loss_denominator = 1.0
+        logger.info(
+            "BARD: block_size=%d mask_token_id=%d prompt_attention=%s noise=%s loss=%s packing=%s",
+            self.block_size, self.mask_token_id, self.prompt_attention, self.bard.noise, self.bard.loss,
+            self.bard.packing,
+        )
+
+    def _substitute_ids(self, config: Any) -> torch.Tensor:
+        """Uniform-noise substitutes: the tokenizer's ids minus special, vision and mask ids (D11)."""
+        tokenizer = getattr(self.processor, "tokenizer", self.processor)
+        exclude = set(getattr(tokenizer, "all_special_ids", []) or [])
+        exclude |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if tok.special}
+        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+            if getattr(config, name, None) is not None:
+                exclude.add(int(getattr(config, name)))
+        exclude.add(int(self.mask_token_id))
+        text_config = getattr(config, "text_config", config)
+        vocab = min(len(tokenizer), int(text_config.vocab_size)) if tokenizer is not None else int(text_config.vocab_size)
+        return substitute_vocabulary(vocab, exclude)
+
+    # ------------------------------------------------------------------ hooks
+    def _device(self) -> torch.device:
+        """The compute device (AutoModel leaves ``dist_env.device`` None on CPU)."""
+        return self.dist_env.device or torch.device("cpu")
+
+    def noise_generator(self, step: int, micro_batch: int) -> torch.Generator:
+        """The generator of one micro-batch's noise: a function of (seed, step, micro-batch, rank)."""
+        return torch.Generator().manual_seed(_mix_seed(self.noise_seed, step, micro_batch, self._get_dp_rank()))
+
+    def apply_noise(self, batch: dict[str, Any], generator: torch.Generator) -> dict[str, Any]:
+        """Corrupt the noisy copy (CPU tensors): adds ``t, loss_mask, loss_weight``, sets ``labels``."""
+        return apply_noise(
+            batch,
+            block_size=self.block_size,
+            mask_token_id=self.mask_token_id,
+            schedule=self.bard.noise.schedule,
+            eps=self.bard.noise.eps,
+            substitute_ids=self.substitute_ids,
+            generator=generator,
+            normalization=self.bard.loss.normalization,
+            block_pad_weight=self.bard.loss.block_pad_weight,
+        )
+
+    def build_model_inputs(self, batch: dict[str, Any], block_size: int) -> dict[str, Any]:
+        """Model kwargs on the device: ``input_ids [B,S]``, ``position_ids [3,B,S]``, mask ``[B,1,S,S]``, media.
+
+        The mask is rebuilt from the layout for ``block_size`` (the SWD anchor passes 4).
+        """
+        device = self._device()
+        model = self.model_parts[0]
+        rope_fn = getattr(model, "rope_positions", None) or (
+            lambda ids, mm, images, videos: model.model.get_rope_index(ids, mm, images, videos)
+        )
+        layout = {k: batch[k].to(device) for k in ("segment", "offset", "prompt_len", "doc")}
+        inputs = {
+            "input_ids": batch["input_ids"].to(device),
+            "position_ids": layout_position_ids(batch, rope_fn).to(device),
+            "attention_mask": layout_attention_mask(
+                layout, block_size, causal_prompt=self.prompt_attention == "causal"
+            ),
+        }
+        for key in _MODEL_INPUT_KEYS:
+            if batch.get(key) is not None:
+                inputs[key] = batch[key].to(device)
+        return inputs
+
+    def loss_positions(self, batch: dict[str, Any]) -> torch.Tensor | None:
+        """``[B, S]`` bool positions whose logits the loss reads (None: all), passed as ``logits_to_keep``."""
+        model = self.model_parts[0]
+        return batch["loss_mask"].to(self._device()) if hasattr(model, "rope_positions") else None
+
+    def compute_loss(
+        self, logits: torch.Tensor, batch: dict[str, Any], keep: torch.Tensor | None, denominator: float
+    ) -> torch.Tensor:
+        """1/t-weighted CE (diffusion/loss.py) over the kept logits (``[N, V]``, or ``[B, S, V]`` if keep is None)."""
+        device = logits.device
+        labels, weights = batch["labels"].to(device), batch["loss_weight"].to(device)
+        if keep is not None:
+            labels, weights = labels[keep], weights[keep]
+        return weighted_cross_entropy(logits, labels, weights, denominator)
+
+    def _denominator(self, batches: list[dict[str, Any]]) -> float:
+        """The loss normaliser of one optimizer step, summed over micro-batches and DP ranks."""
+        if self.bard.loss.normalization == "sample_mean":
+            local = sum(int(b["num_samples"]) for b in batches)
+        else:
+            local = sum(int(b["loss_mask"].sum()) for b in batches)
+        return float(self._dp_allreduce(torch.tensor(local, dtype=torch.long)).item())
+
+    # ------------------------------------------------------------------ AutoModel overrides
+    def _run_train_optim_step(self, batches, max_grad_norm: float | None = None):
+        """Noise every micro-batch and fix the global loss denominator, then AutoModel's step."""
+        step = int(self.step_scheduler.step)
+        batches = [self.apply_noise(b, self.noise_generator(step, i)) for i, b in enumerate(batches)]
+        self._loss_denominator = self._denominator(batches)
+        return super()._run_train_optim_step(batches, max_grad_norm)
+
+    def _forward_backward_step(
+        self, idx, batch, *, loss_buffer, num_label_tokens, num_batches, is_train: bool = True
+    ) -> None:
+        """One micro-batch: block-diffusion forward, 1/t CE, backward (AutoModel's DP convention)."""
+        model = self.model_parts[0]
+        inputs = self.build_model_inputs(batch, self.block_size)
+        keep = self.loss_positions(batch)
+        sync_ctx = (
+            get_sync_ctx(model, idx == num_batches - 1,
+                         defer_fsdp_grad_sync=getattr(self.distributed_config, "defer_fsdp_grad_sync", True))
+            if is_train
+            else nullcontext()
+        )
+        with sync_ctx:
+            if keep is not None:
+                inputs["logits_to_keep"] = keep
+            logits = model(**inputs).logits
+            loss = self.compute_loss(logits, batch, keep, self._loss_denominator)
+            loss_buffer.append(loss.detach().clone())
+            if is_train:
+                # FSDP averages gradients over DP ranks; the loss is already a global mean.
+                (loss * self._get_dp_group_size(include_cp=True)).backward()
+
+    @torch.no_grad()
+    def _run_validation_epoch(self, val_dataloader) -> MetricsSample:
+        """Validation loss with fixed noise (same draws every evaluation)."""
+        for part in self.model_parts:
+            part.eval()
+        total, samples = torch.zeros((), dtype=torch.float64), 0
+        for i, batch in enumerate(val_dataloader):
+            batch = self.apply_noise(batch, self.noise_generator(-1, i))
+            denominator = batch["num_samples"] if self.bard.loss.normalization == "sample_mean" else int(batch["loss_mask"].sum())
+            inputs = self.build_model_inputs(batch, self.block_size)
+            keep = self.loss_positions(batch)
+            if keep is not None:
+                inputs["logits_to_keep"] = keep
+            loss = self.compute_loss(self.model_parts[0](**inputs).logits, batch, keep, 1.0)
+            total += loss.double().cpu()
+            samples += int(denominator)
+        total = self._dp_allreduce(total.reshape(1)).item()
+        samples = int(self._dp_allreduce(torch.tensor([samples], dtype=torch.long)).item())
+        return MetricsSample(
+            step=self.step_scheduler.step,
+            epoch=self.step_scheduler.epoch,
+            metrics={
+                "val_loss": total / max(samples, 1),
+                "lr": self.optimizer[0].param_groups[0]["lr"],
+                "num_label_tokens": samples,
+                "mem": torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else 0.0,
+            },
+        )

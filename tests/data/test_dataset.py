@@ -1,0 +1,120 @@
+"""Reading chat rows (jsonl and save_to_disk) through the processor; bad rows; max_length."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from nemo_automodel_bard.data.chat import BadSampleError
+from nemo_automodel_bard.data.collate import bard_collate, response_pad_token_id
+from nemo_automodel_bard.data.dataset import BardChatDataset
+from nemo_automodel_bard.testing import TINY_IDS, tiny_image, tiny_processor
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return tiny_processor()
+
+
+def _row(image="img0.png", answer="It is red.", question="Colour?"):
+    user = [{"type": "text", "text": question}]
+    if image is not None:
+        user.insert(0, {"type": "image", "image": image})
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+
+
+def _write(tmp_path, rows, name="train.jsonl"):
+    tiny_image(0).save(tmp_path / "img0.png")
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return path
+
+
+def _decode(processor, ids):
+    return processor.tokenizer.decode(ids, skip_special_tokens=False)
+
+
+def test_prompt_and_last_assistant_turn(tmp_path, processor):
+    multi = {"messages": [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "image", "image": "img0.png"}, {"type": "text", "text": "Hi"}]},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "And now?"},
+        {"role": "assistant", "content": [{"type": "text", "text": "second answer"}]},
+    ]}
+    ds = BardChatDataset(_write(tmp_path, [multi]), processor=processor, block_size=4)
+    sample = ds[0]
+    prompt, response = _decode(processor, sample["prompt_ids"]), _decode(processor, sample["response_ids"])
+    assert response == "second answer<|im_end|>"
+    assert prompt.endswith("<|im_start|>assistant\n") and "first answer<|im_end|>" in prompt  # earlier turns = prompt
+    n_image = int((sample["prompt_ids"] == TINY_IDS["image"]).sum())
+    assert n_image == int(sample["image_grid_thw"].prod()) // 4 and n_image > 0
+    assert torch.equal(sample["mm_token_type_ids"], (sample["prompt_ids"] == TINY_IDS["image"]).long())
+    assert sample["source"].endswith("train.jsonl:1")
+
+
+def test_messages_as_json_string_and_save_to_disk(tmp_path, processor):
+    datasets = pytest.importorskip("datasets")
+    tiny_image(0).save(tmp_path / "img0.png")
+    data = datasets.Dataset.from_dict({"messages": [json.dumps(_row()["messages"]), json.dumps(_row(answer="No.")["messages"])]})
+    data.save_to_disk(str(tmp_path / "arrow"))
+    ds = BardChatDataset(str(tmp_path / "arrow"), root_dir=str(tmp_path), processor=processor)
+    assert len(ds) == 2 and _decode(processor, ds[1]["response_ids"]) == "No.<|im_end|>"
+    assert ds[1]["source"].endswith("[row 1]")
+
+
+@pytest.mark.parametrize(
+    "bad, reason",
+    [
+        (_row(image="missing.png"), "missing image file"),
+        ({"messages": [{"role": "user", "content": "only a question"}]}, "no assistant turn"),
+        ({"nothing": 1}, "missing or empty 'messages'"),
+    ],
+)
+def test_bad_rows_fail_fast_with_file_and_line(tmp_path, bad, reason):
+    path = _write(tmp_path, [_row(), bad])
+    with pytest.raises(BadSampleError, match=rf"train\.jsonl:2: .*{reason}"):
+        BardChatDataset(path)
+
+
+def test_bad_rows_are_skipped_and_counted(tmp_path, processor):
+    path = _write(tmp_path, [_row(), _row(image="missing.png"), {"messages": []}, _row(answer="last")])
+    ds = BardChatDataset(path, on_bad_sample="skip", processor=processor)
+    assert len(ds) == 2
+    assert sum(v for k, v in ds.stats.items() if k.startswith("skipped")) == 2
+
+
+def test_unreadable_image_errors_or_skips_at_read_time(tmp_path, processor):
+    path = _write(tmp_path, [_row(image="broken.png"), _row(answer="good")])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(BadSampleError, match=r"train\.jsonl:1: unreadable image"):
+        BardChatDataset(path, processor=processor)[0]
+    skipping = BardChatDataset(path, processor=processor, on_bad_sample="skip")
+    assert _decode(processor, skipping[0]["response_ids"]) == "good<|im_end|>"  # replaced by the next row
+    assert skipping.stats["skipped: unreadable image"] == 1
+
+
+def test_too_long_is_truncated_in_the_response_or_dropped(tmp_path, processor):
+    long_answer = "x" * 60
+    path = _write(tmp_path, [_row(answer=long_answer), _row(answer="ok")])
+    full = BardChatDataset(path, processor=processor, block_size=4)[0]
+    prompt_len = full["prompt_ids"].numel()
+    limit = prompt_len + 2 * 16
+    truncated = BardChatDataset(path, processor=processor, block_size=4, max_length=limit)
+    sample = truncated[0]
+    assert torch.equal(sample["prompt_ids"], full["prompt_ids"])  # vision tokens untouched
+    assert sample["response_ids"].numel() == 16 and truncated.stats["truncated"] == 1
+    dropping = BardChatDataset(path, processor=processor, block_size=4, max_length=limit, too_long="drop")
+    assert _decode(processor, dropping[0]["response_ids"]) == "ok<|im_end|>"
+    assert dropping.stats["dropped: too long"] == 1
+
+
+def test_collate_packs_dataset_items(tmp_path, processor):
+    path = _write(tmp_path, [_row(answer="a"), _row(answer="bb bb"), _row(answer="ccc ccc ccc")])
+    ds = BardChatDataset(path, processor=processor, block_size=4)
+    batch = bard_collate([ds[i] for i in range(3)], processor, block_size=4, pack_size=1024)
+    assert batch["input_ids"].shape[0] == 1 and batch["num_samples"] == 3
+    assert batch["image_grid_thw"].shape == (3, 3) and batch["sample_num_images"].tolist() == [1, 1, 1]
+    assert response_pad_token_id(processor) == TINY_IDS["eos"]

@@ -1,0 +1,133 @@
+"""YAML validation (unknown keys named, D12) and the config rewrites the recipe makes."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from nemo_automodel_bard.recipes.block_diffusion import COLLATE_TARGET, VISION_TOWER_PATTERN, prepare_config
+from nemo_automodel_bard.recipes.config_check import AUTOMODEL_SECTIONS, BARD_SECTIONS, BardSettings, ConfigKeyError, PBMSettings
+from nemo_automodel_bard.recipes.pbm import FROM_PRETRAINED, BardPBMRecipe, stage_config
+from nemo_automodel_bard.testing import tiny_model
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+KNOWN = AUTOMODEL_SECTIONS | BARD_SECTIONS
+
+
+def _tiny_yaml() -> dict:
+    return yaml.safe_load((RECIPES / "bard_pbm_tiny.yaml").read_text())
+
+
+def test_unknown_top_level_key_is_named():
+    config = _tiny_yaml()
+    config["optimiser"] = {"lr": 1.0}
+    with pytest.raises(ConfigKeyError, match="optimiser"):
+        BardPBMRecipe(config)
+
+
+@pytest.mark.parametrize(
+    "section, key",
+    [({"noise": {"schedul": "mask"}}, "schedul"), ({"loss": {"normalisation": "x"}}, "normalisation"),
+     ({"packing": {"size": 3}}, "size"), ({"blocksize": 4}, "blocksize")],
+)
+def test_unknown_bard_keys_are_named(section, key):
+    with pytest.raises(ConfigKeyError, match=rf"`bard[.a-z]*:`: {key}"):
+        BardSettings.from_mapping(section)
+
+
+def test_bad_values_are_refused():
+    with pytest.raises(ValueError, match="schedule"):
+        BardSettings.from_mapping({"noise": {"schedule": "uniform"}})
+    with pytest.raises(ValueError, match="normalization"):
+        BardSettings.from_mapping({"loss": {"normalization": "mean"}})
+
+
+def test_pbm_stage_keys():
+    stages = PBMSettings.from_mapping({"stages": [{"block_size": 4, "max_steps": 3, "optimizer.lr": 1e-4}]}, KNOWN).stages
+    assert stages[0].overrides == {"step_scheduler.max_steps": 3, "optimizer.lr": 1e-4}
+    with pytest.raises(ConfigKeyError, match="`lr` in pbm.stages\\[0\\]"):
+        PBMSettings.from_mapping({"stages": [{"block_size": 4, "lr": 1e-4}]}, KNOWN)
+    with pytest.raises(ConfigKeyError, match="`optimiser.lr`"):
+        PBMSettings.from_mapping({"stages": [{"block_size": 4, "optimiser.lr": 1e-4}]}, KNOWN)
+    with pytest.raises(ConfigKeyError, match="block_size"):
+        PBMSettings.from_mapping({"stages": [{"max_steps": 3}]}, KNOWN)
+    with pytest.raises(ConfigKeyError, match="`pbm:`: stage"):
+        PBMSettings.from_mapping({"stage": []}, KNOWN)
+
+
+def test_automodel_packing_and_foreign_collate_are_refused():
+    config = _tiny_yaml()
+    config["packed_sequence"] = {"pack_size": 4096}
+    with pytest.raises(ConfigKeyError, match="bard.packing.pack_size"):
+        prepare_config(config)
+    config = _tiny_yaml()
+    config["dataloader"]["collate_fn"] = {"_target_": "my.collate"}
+    with pytest.raises(ConfigKeyError, match="dataloader.collate_fn"):
+        prepare_config(config)
+
+
+def test_prepare_config_wires_collator_dataset_and_vision_lr():
+    config = prepare_config(_tiny_yaml())
+    collate = config["dataloader"]["collate_fn"]
+    assert collate == {"_target_": COLLATE_TARGET, "block_size": 4, "pack_size": 512, "pad_to_multiple_of": 1}
+    assert config["dataset"]["block_size"] == 4 and config["dataset"]["pretokenize"] is False
+    assert config["dist_env"]["backend"] in ("gloo", "nccl")
+    [override] = config["optimizer"]["param_group_overrides"]
+    assert override["lr_mult"] == 0.1
+    no_scheduler = _tiny_yaml()
+    del no_scheduler["lr_scheduler"]
+    with pytest.raises(ConfigKeyError, match="lr_scheduler"):
+        prepare_config(no_scheduler)
+
+
+def test_vision_pattern_selects_the_tower_but_not_the_mergers():
+    names = [n for n, _ in tiny_model().named_parameters()]
+    chosen = {n for n in names if re.search(VISION_TOWER_PATTERN, n)}
+    assert chosen and all(n.startswith("model.visual.") for n in chosen)
+    assert any(".blocks." in n for n in chosen) and any("patch_embed" in n for n in chosen)
+    assert not any("merger" in n for n in chosen)
+    assert any("merger" in n for n in names)
+
+
+def test_stage_config_chains_stages():
+    base = _tiny_yaml()
+    stage = PBMSettings.from_mapping({"stages": [{"block_size": 8, "max_steps": 5, "optimizer.lr": 1e-4}]}, KNOWN).stages[0]
+    derived = stage_config(base, 1, stage, Path("/ckpt/stage_0_b4/hf"))
+    assert derived["checkpoint"]["checkpoint_dir"].endswith("checkpoints/stage_1_b8")
+    assert derived["bard"]["block_size"] == 8 and derived["step_scheduler"]["max_steps"] == 5
+    assert derived["optimizer"]["lr"] == 1e-4 and "pbm" not in derived
+    assert derived["model"]["_target_"] == FROM_PRETRAINED
+    assert derived["model"]["pretrained_model_name_or_path"] == "/ckpt/stage_0_b4/hf"
+    first = stage_config(base, 0, stage, None)
+    assert first["model"] == base["model"]
+
+
+@pytest.mark.parametrize("name", ["bard_pbm_tiny.yaml", "bard_pbm_qwen3vl_4b.yaml"])
+def test_shipped_yamls_pass_the_checks(name):
+    config = yaml.safe_load((RECIPES / name).read_text())
+    recipe = BardPBMRecipe(config)
+    assert [s.block_size for s in recipe.stages()] == ([4, 8] if "tiny" in name else [4, 8, 16, 32])
+    prepare_config(config)
+
+
+def test_vision_tower_learning_rate_is_scaled_by_the_scheduler():
+    from types import SimpleNamespace
+
+    from nemo_automodel.components.config.loader import ConfigNode
+    from nemo_automodel.recipes._typed_config import RecipeConfig
+
+    cfg = RecipeConfig(ConfigNode(prepare_config(_tiny_yaml())))
+    model = tiny_model()
+    [optimizer] = cfg.optimizer.build(model)
+    [scheduler] = cfg.lr_scheduler.build(optimizer, SimpleNamespace(epoch_len=None, num_epochs=1, max_steps=12))
+    scheduler.step(5)
+    group_of = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    vision = group_of[id(params["model.visual.blocks.0.attn.qkv.weight"])]
+    merger = group_of[id(params["model.visual.merger.linear_fc1.weight"])]
+    language = group_of[id(params["model.language_model.layers.0.mlp.up_proj.weight"])]
+    assert merger is language and vision is not language
+    assert vision["lr"] == pytest.approx(0.1 * language["lr"]) and language["lr"] > 0
