@@ -4,8 +4,10 @@ A row holds ``messages`` (a list, or a JSON string of one) of
 ``{"role": "system"|"user"|"assistant", "content": str | [{"type": "text", "text": ...} |
 {"type": "image", "image": path | {"bytes": ..., "path": ...}} | {"type": "video", "video": path}]}``.
 Rows come from a jsonl file (one JSON object per line) or from an HF dataset saved with
-``save_to_disk``. Image paths are relative to ``root_dir`` (default: the jsonl's folder or
-the dataset folder).
+``save_to_disk``. Image and video paths are relative to ``root_dir`` (default: the jsonl's
+folder or the dataset folder). A video is a video file or a list of frame image files, read
+with qwen-vl-utils (its item keys such as ``fps``, ``sample_fps``, ``min_pixels``,
+``max_pixels``, ``total_pixels`` apply).
 
 Every row is known by its *source* (``file:line`` for jsonl, ``dir[row i]`` for Arrow) so
 that errors point at it.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BadSampleError", "ChatRow", "read_rows", "check_row", "split_last_assistant", "load_image"]
+__all__ = ["BadSampleError", "ChatRow", "read_rows", "check_row", "split_last_assistant", "load_image", "load_video"]
 
 ROLES = ("system", "user", "assistant")
 
@@ -136,12 +138,25 @@ def _image_path(item: dict, root_dir: Path) -> Path | None:
         ref = ref.get("path")
     if not isinstance(ref, str) or not ref:
         return None
+    return _resolve(ref, root_dir)
+
+
+def _resolve(ref: str, root_dir: Path) -> Path:
     path = Path(ref).expanduser()
     return path if path.is_absolute() else root_dir / path
 
 
+def _video_paths(item: dict, root_dir: Path) -> list[Path] | None:
+    """The video file (one path) or its frame files, resolved; None if the item has neither."""
+    ref = item.get("video")
+    refs = [ref] if isinstance(ref, str) else ref
+    if not isinstance(refs, list) or not refs or not all(isinstance(r, str) and r for r in refs):
+        return None
+    return [_resolve(r, root_dir) for r in refs]
+
+
 def check_row(row: ChatRow) -> tuple[list[dict], dict]:
-    """Cheap structural checks (no image decoding): messages, assistant turn, image files exist.
+    """Cheap structural checks (no decoding): messages, assistant turn, image and video files exist.
 
     Returns the ``(prompt, response)`` turns; raises :class:`BadSampleError`.
     """
@@ -160,7 +175,12 @@ def check_row(row: ChatRow) -> tuple[list[dict], dict]:
                 if path is not None and not path.is_file():
                     raise BadSampleError(row.source, f"missing image file {path}")
             elif kind == "video":
-                raise BadSampleError(row.source, "video items are not supported by this reader yet")
+                paths = _video_paths(item, row.root_dir)
+                if paths is None:
+                    raise BadSampleError(row.source, f"video item without a path or frame list: {str(item)[:80]!r}")
+                for path in paths:
+                    if not path.is_file():
+                        raise BadSampleError(row.source, f"missing video file {path}")
     if not any(item.get("type") == "text" and item.get("text") for item in _content_items(response)):
         raise BadSampleError(row.source, "the assistant turn has no text")
     return prompt, response
@@ -180,3 +200,24 @@ def load_image(item: dict, root_dir: Path, source: str):
         return image.convert("RGB")
     except Exception as exc:  # PIL raises many types for broken files
         raise BadSampleError(source, f"unreadable image ({type(exc).__name__}: {exc})") from None
+
+
+def load_video(item: dict, root_dir: Path, source: str, patch_size: int) -> tuple[Any, dict]:
+    """Decode one video item with qwen-vl-utils: ``(frames [T, C, H, W] float, metadata)``.
+
+    Frames are sampled (``fps``, default 2) and resized to multiples of ``2 * patch_size``
+    as qwen-vl-utils does for Qwen3-VL; a frame list is taken whole at ``sample_fps`` (default
+    2). ``metadata`` (fps, frame indices) gives the processor the frame timestamps. Raises
+    :class:`BadSampleError`.
+    """
+    from qwen_vl_utils import fetch_video
+
+    paths = [str(p) for p in _video_paths(item, root_dir)]
+    ele = {**item, "video": paths if isinstance(item["video"], list) else paths[0]}
+    try:
+        frames, metadata = fetch_video(ele, image_patch_size=patch_size, return_video_metadata=True)
+    except Exception as exc:  # decoders (PIL, torchcodec, decord, torchvision) raise many types
+        # qwen-vl-utils falls back to torchvision.io.read_video, which recent torchvision lacks.
+        hint = "" if isinstance(item["video"], list) else "; video files need torchcodec or decord installed"
+        raise BadSampleError(source, f"unreadable video ({type(exc).__name__}: {exc}{hint})") from None
+    return frames, metadata

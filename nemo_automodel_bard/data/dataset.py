@@ -3,12 +3,13 @@
 Each item is tokenized through the Qwen3-VL processor and its chat template:
 
 * prompt = every turn before the last assistant turn, rendered with
-  ``add_generation_prompt=True`` (so it ends in ``<|im_start|>assistant\\n``), images
-  expanded into vision tokens by the processor;
+  ``add_generation_prompt=True`` (so it ends in ``<|im_start|>assistant\\n``), images and
+  videos expanded into vision tokens by the processor (videos with their frame timestamps,
+  decoded and sized by qwen-vl-utils as Qwen3-VL documents);
 * response = the last assistant turn's text through its first ``<|im_end|>`` (newlines after
   ``<|im_start|>assistant`` collapsed, bard_spec.md section 8).
 
-Bad rows (unparseable, no assistant turn, missing or unreadable image) raise
+Bad rows (unparseable, no assistant turn, missing or unreadable image or video) raise
 :class:`BadSampleError` naming ``file:line`` (``on_bad_sample: error``, the default), or are
 skipped and counted (``on_bad_sample: skip``). Samples whose layout ``P + 2R`` exceeds
 ``max_length`` are truncated in the response (``too_long: truncate``; vision tokens are in
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 import torch
 
-from nemo_automodel_bard.data.chat import BadSampleError, ChatRow, check_row, load_image, read_rows
+from nemo_automodel_bard.data.chat import BadSampleError, ChatRow, check_row, load_image, load_video, read_rows
 from nemo_automodel_bard.diffusion.layout import layout_length, padded_response_length
 
 __all__ = ["BardChatDataset", "build_chat_dataset", "BadSampleError"]
@@ -40,17 +41,23 @@ _ASSISTANT_HEADER = "<|im_start|>assistant"
 
 
 def _template_content(turn: dict) -> dict:
-    """A turn as the chat template wants it: images become bare ``{"type": "image"}`` items."""
+    """A turn as the chat template wants it: images/videos become bare ``{"type": ...}`` items."""
     content = turn.get("content")
     if isinstance(content, str) or content is None:
         return {"role": turn["role"], "content": [{"type": "text", "text": content or ""}]}
     items = []
     for item in content:
-        if item.get("type") == "image":
-            items.append({"type": "image"})
+        if item.get("type") in ("image", "video"):
+            items.append({"type": item["type"]})
         elif item.get("type") == "text":
             items.append({"type": "text", "text": item.get("text", "")})
     return {"role": turn["role"], "content": items}
+
+
+def _media_items(prompt: list[dict], kind: str) -> list[dict]:
+    """The prompt's ``kind`` items in order (the order the processor fills placeholders in)."""
+    return [item for turn in prompt if isinstance(turn.get("content"), list) for item in turn["content"]
+            if item.get("type") == kind]
 
 
 class BardChatDataset(torch.utils.data.Dataset):
@@ -58,12 +65,12 @@ class BardChatDataset(torch.utils.data.Dataset):
 
     Args:
         path_or_dataset: a jsonl file, a ``save_to_disk`` folder, or a list of them.
-        root_dir: folder image paths are relative to (default: each source's folder).
+        root_dir: folder image and video paths are relative to (default: each source's folder).
         split: split of a saved ``DatasetDict``.
         max_length: bound on a sample's layout length ``P + 2R``.
         on_bad_sample: ``error`` (fail fast with file:line) or ``skip`` (count and move on).
         too_long: ``truncate`` (the response) or ``drop``.
-        validate: check every row's structure and image files when the dataset is built.
+        validate: check every row's structure and image/video files when the dataset is built.
         block_size: the layout's block size (rebound by the recipe per PBM stage).
         processor: a Qwen3-VL processor (or a path for ``AutoProcessor``); bound later if None.
     """
@@ -154,15 +161,19 @@ class BardChatDataset(torch.utils.data.Dataset):
         if self.processor is None:
             raise RuntimeError("BardChatDataset needs a processor: call dataset.bind(processor=...) first")
         prompt, response = check_row(row)
-        images = [
-            load_image(item, row.root_dir, row.source)
-            for turn in prompt
-            if isinstance(turn.get("content"), list)
-            for item in turn["content"]
-            if item.get("type") == "image"
+        images = [load_image(item, row.root_dir, row.source) for item in _media_items(prompt, "image")]
+        videos = [
+            load_video(item, row.root_dir, row.source, self.processor.video_processor.patch_size)
+            for item in _media_items(prompt, "video")
         ]
         prompt_text, reply = self._render(prompt, response, row.source)
-        encoded = self.processor(text=[prompt_text], images=images or None, return_tensors="pt")
+        kwargs = {}
+        if videos:
+            # qwen-vl-utils already sampled and resized the frames; the metadata gives the timestamps.
+            kwargs["videos"] = [frames for frames, _ in videos]
+            kwargs["videos_kwargs"] = {"video_metadata": [meta for _, meta in videos], "do_sample_frames": False,
+                                       "do_resize": False}
+        encoded = self.processor(text=[prompt_text], images=images or None, return_tensors="pt", **kwargs)
         prompt_ids = encoded["input_ids"][0]
         response_ids = torch.tensor(
             self.processor.tokenizer(reply, add_special_tokens=False)["input_ids"], dtype=torch.long
@@ -174,6 +185,9 @@ class BardChatDataset(torch.utils.data.Dataset):
         if images:
             sample["pixel_values"] = encoded["pixel_values"]
             sample["image_grid_thw"] = encoded["image_grid_thw"]
+        if videos:
+            sample["pixel_values_videos"] = encoded["pixel_values_videos"]
+            sample["video_grid_thw"] = encoded["video_grid_thw"]
         return sample
 
     def _fit(self, sample: dict[str, Any]) -> dict[str, Any] | None:

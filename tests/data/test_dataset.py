@@ -10,7 +10,8 @@ import torch
 from nemo_automodel_bard.data.chat import BadSampleError
 from nemo_automodel_bard.data.collate import bard_collate, response_pad_token_id
 from nemo_automodel_bard.data.dataset import BardChatDataset
-from nemo_automodel_bard.testing import TINY_IDS, tiny_image, tiny_processor
+from nemo_automodel_bard.diffusion.layout import layout_position_ids
+from nemo_automodel_bard.testing import TINY_IDS, tiny_image, tiny_model, tiny_processor
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,19 @@ def _row(image="img0.png", answer="It is red.", question="Colour?"):
     if image is not None:
         user.insert(0, {"type": "image", "image": image})
     return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+
+
+def _video_row(video, answer="It moves."):
+    # min/max_pixels keep qwen-vl-utils at 16x16 frames (its default floor is 128 tokens a frame).
+    item = {"type": "video", "video": video, "min_pixels": 256, "max_pixels": 256}
+    user = [item, {"type": "text", "text": "What happens?"}]
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": answer}]}
+
+
+def _frames(tmp_path, n=3):
+    for i in range(n):
+        tiny_image(10 + i).save(tmp_path / f"frame{i}.png")
+    return [f"frame{i}.png" for i in range(n)]
 
 
 def _write(tmp_path, rows, name="train.jsonl"):
@@ -69,6 +83,7 @@ def test_messages_as_json_string_and_save_to_disk(tmp_path, processor):
     "bad, reason",
     [
         (_row(image="missing.png"), "missing image file"),
+        (_video_row("clip.mp4"), r"missing video file .*clip\.mp4"),
         ({"messages": [{"role": "user", "content": "only a question"}]}, "no assistant turn"),
         ({"nothing": 1}, "missing or empty 'messages'"),
     ],
@@ -118,3 +133,39 @@ def test_collate_packs_dataset_items(tmp_path, processor):
     assert batch["input_ids"].shape[0] == 1 and batch["num_samples"] == 3
     assert batch["image_grid_thw"].shape == (3, 3) and batch["sample_num_images"].tolist() == [1, 1, 1]
     assert response_pad_token_id(processor) == TINY_IDS["eos"]
+
+
+def test_video_frames_reach_the_batch_and_positions(tmp_path, processor):
+    path = _write(tmp_path, [_video_row(_frames(tmp_path)), _row()])
+    ds = BardChatDataset(path, processor=processor, block_size=4)
+    video, image = ds[0], ds[1]
+    grid = video["video_grid_thw"]
+    assert grid.tolist() == [[2, 4, 4]]  # 3 frames padded to 4, temporal patch 2; 16x16 frames, patch 4
+    is_video = video["prompt_ids"] == TINY_IDS["video"]
+    assert int(is_video.sum()) == int(grid.prod()) // 4
+    assert torch.equal(video["mm_token_type_ids"], 2 * is_video.long())
+    assert "<0.2 seconds>" in _decode(processor, video["prompt_ids"])  # timestamps from the 2 fps metadata
+
+    batch = bard_collate([video, image], processor, block_size=4, pack_size=1024)
+    assert batch["sample_num_videos"].tolist() == [1, 0] and batch["sample_num_images"].tolist() == [0, 1]
+    assert torch.equal(batch["video_grid_thw"], grid)
+    assert torch.equal(batch["pixel_values_videos"], video["pixel_values_videos"])
+    model = tiny_model()
+    pos = layout_position_ids(batch, model.rope_positions)
+    for row, start, p, r in batch["samples"].tolist():
+        assert torch.equal(pos[:, row, start + p : start + p + r], pos[:, row, start + p + r : start + p + 2 * r])
+    row, start, p, _ = batch["samples"][0].tolist()
+    assert torch.equal(batch["mm_token_type_ids"][row, start : start + p], video["mm_token_type_ids"])
+    alone, _ = model.rope_positions(video["prompt_ids"][None], video["mm_token_type_ids"][None], None, grid)
+    assert torch.equal(pos[:, row, start : start + p], alone[:, 0])
+    assert not torch.equal(pos[1, row, start : start + p], pos[2, row, start : start + p])  # 3-D video ids
+
+
+def test_unreadable_video_errors_or_skips_at_read_time(tmp_path, processor):
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    path = _write(tmp_path, [_video_row(["broken.png"]), _row(answer="good")])
+    with pytest.raises(BadSampleError, match=r"train\.jsonl:1: unreadable video"):
+        BardChatDataset(path, processor=processor)[0]
+    skipping = BardChatDataset(path, processor=processor, on_bad_sample="skip")
+    assert _decode(processor, skipping[0]["response_ids"]) == "good<|im_end|>"
+    assert skipping.stats["skipped: unreadable video"] == 1
