@@ -1,0 +1,207 @@
+"""``bard-convert``: autoregressive Qwen3-VL checkpoint -> Bard-VL initial checkpoint.
+
+Weights are copied byte for byte (block-diffusion training starts from the AR weights);
+``config.json`` is rewritten (``model_type: bard_vl``, our architecture, ``mask_token_id``,
+``block_size``, ``prompt_attention``) and the mask token is registered in the tokenizer at
+``mask_token_id`` (a spare embedding row, 151671 for stock Qwen3-VL, as upstream).
+
+    bard-convert --from Qwen3-VL-4B-Instruct --to bard-init [--mask-token-id 151671]
+                 [--mask-token '<|mask|>'] [--block-size 4] [--prompt-attention block]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from nemo_automodel_bard.models.bard_vl.configuration import DEFAULT_MASK_TOKEN_ID, PROMPT_ATTENTION_CHOICES
+
+__all__ = ["convert", "main", "ConversionError"]
+
+DEFAULT_MASK_TOKEN = "<|mask|>"
+
+
+class ConversionError(ValueError):
+    """The source cannot be turned into a Bard-VL checkpoint (message says why)."""
+
+
+def _read_source_config(source: Path) -> dict:
+    path = source / "config.json"
+    if not path.is_file():
+        raise ConversionError(f"{source} is not a checkpoint directory: no config.json")
+    config = json.loads(path.read_text())
+    model_type = config.get("model_type")
+    if model_type == "bard_vl":
+        raise ConversionError(f"{source} is already a Bard-VL checkpoint (model_type 'bard_vl')")
+    if model_type != "qwen3_vl":
+        raise ConversionError(
+            f"{source} is not a Qwen3-VL checkpoint: model_type is {model_type!r}, expected 'qwen3_vl' "
+            f"(architectures {config.get('architectures')})"
+        )
+    if not any(p.name.endswith(".safetensors") for p in source.iterdir()):
+        raise ConversionError(f"{source} has no *.safetensors weights")
+    return config
+
+
+def _check_mask_id(config: dict, mask_token_id: int, mask_token: str, tokenizer) -> None:
+    """Refuse ids outside the embedding table or used by a config special or another token."""
+    vocab = config.get("text_config", {}).get("vocab_size", config.get("vocab_size"))
+    if vocab is None or not 0 <= mask_token_id < vocab:
+        raise ConversionError(f"mask_token_id {mask_token_id} is outside the embedding table [0, {vocab})")
+    text = config.get("text_config", {})
+    specials = {
+        key: value
+        for key, value in {**text, **config}.items()
+        if key.endswith("_token_id") and isinstance(value, int)
+    }
+    for key, value in specials.items():
+        if value == mask_token_id:
+            raise ConversionError(f"mask_token_id {mask_token_id} collides with {key} in config.json")
+    if tokenizer is None:
+        return
+    existing = tokenizer.convert_ids_to_tokens(mask_token_id)
+    if existing is not None and existing != mask_token:
+        raise ConversionError(f"mask_token_id {mask_token_id} is already the tokenizer's token {existing!r}")
+    by_string = tokenizer.convert_tokens_to_ids(mask_token)
+    if by_string is not None and by_string != tokenizer.unk_token_id and by_string != mask_token_id:
+        raise ConversionError(f"mask token {mask_token!r} already exists in the tokenizer with id {by_string}")
+
+
+def _special(token_id: int, content: str) -> dict:
+    return {
+        "id": token_id,
+        "content": content,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": True,
+    }
+
+
+def _register_mask_token(target: Path, mask_token_id: int, mask_token: str, tokenizer_len: int) -> None:
+    """Add the mask token at exactly ``mask_token_id`` (tokenizer.json + tokenizer_config.json).
+
+    The tokenizers library numbers added tokens contiguously, so ids between the current
+    vocabulary end and ``mask_token_id`` (151669, 151670 for stock Qwen3) get placeholder
+    specials ``<|bard_reserved_N|>``; they are never produced by encoding ordinary text.
+    """
+    entries = [_special(i, f"<|bard_reserved_{i}|>") for i in range(tokenizer_len, mask_token_id)]
+    entries.append(_special(mask_token_id, mask_token))
+    new_ids = {e["id"] for e in entries}
+    tokenizer_json = target / "tokenizer.json"
+    data = json.loads(tokenizer_json.read_text())
+    added = [t for t in data.get("added_tokens", []) if t["id"] not in new_ids]
+    data["added_tokens"] = sorted(added + entries, key=lambda t: t["id"])
+    tokenizer_json.write_text(json.dumps(data, ensure_ascii=False, indent=2))
+    config_path = target / "tokenizer_config.json"
+    if config_path.is_file():
+        tok_config = json.loads(config_path.read_text())
+        decoder = tok_config.setdefault("added_tokens_decoder", {})
+        for entry in entries:
+            decoder[str(entry["id"])] = {k: v for k, v in entry.items() if k != "id"}
+        tok_config["mask_token"] = mask_token
+        config_path.write_text(json.dumps(tok_config, ensure_ascii=False, indent=2))
+
+
+def _load_tokenizer(path: Path):
+    if not (path / "tokenizer.json").is_file():
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path)
+
+
+def convert(
+    source: str | Path,
+    target: str | Path,
+    *,
+    mask_token_id: int = DEFAULT_MASK_TOKEN_ID,
+    mask_token: str = DEFAULT_MASK_TOKEN,
+    block_size: int = 4,
+    prompt_attention: str = "block",
+    overwrite: bool = False,
+) -> Path:
+    """Write a Bard-VL initial checkpoint converted from the Qwen3-VL checkpoint ``source``.
+
+    Raises:
+        ConversionError: not a Qwen3-VL checkpoint, mask id/token collision, bad options,
+            or ``target`` exists (without ``overwrite``).
+    """
+    source, target = Path(source), Path(target)
+    if block_size <= 0:
+        raise ConversionError(f"block_size must be a positive integer, got {block_size}")
+    if prompt_attention not in PROMPT_ATTENTION_CHOICES:
+        raise ConversionError(f"prompt_attention must be one of {PROMPT_ATTENTION_CHOICES}, got {prompt_attention!r}")
+    if not source.is_dir():
+        raise ConversionError(f"source {source} is not a directory")
+    config = _read_source_config(source)
+    tokenizer = _load_tokenizer(source)
+    _check_mask_id(config, mask_token_id, mask_token, tokenizer)
+    if target.exists() and any(target.iterdir()):
+        if not overwrite:
+            raise ConversionError(f"target {target} exists and is not empty (pass --overwrite)")
+        if target.resolve() == source.resolve():
+            raise ConversionError("target must differ from source")
+    target.mkdir(parents=True, exist_ok=True)
+
+    for item in source.iterdir():  # weights unchanged, processor files as they are
+        if item.is_file():
+            shutil.copy2(item, target / item.name)
+    config.update(
+        model_type="bard_vl",
+        architectures=["BardVLForConditionalGeneration"],
+        mask_token_id=mask_token_id,
+        block_size=block_size,
+        prompt_attention=prompt_attention,
+    )
+    config.pop("auto_map", None)
+    (target / "config.json").write_text(json.dumps(config, indent=2))
+    if tokenizer is not None:
+        _register_mask_token(target, mask_token_id, mask_token, len(tokenizer))
+        reloaded = _load_tokenizer(target)
+        if (
+            reloaded.convert_tokens_to_ids(mask_token) != mask_token_id
+            or reloaded.convert_ids_to_tokens(mask_token_id) != mask_token
+        ):
+            raise ConversionError(f"could not register {mask_token!r} at id {mask_token_id} in the tokenizer")
+    return target
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bard-convert", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--from", dest="source", required=True, help="autoregressive Qwen3-VL checkpoint directory")
+    parser.add_argument("--to", dest="target", required=True, help="output directory for the Bard-VL checkpoint")
+    parser.add_argument("--mask-token-id", type=int, default=DEFAULT_MASK_TOKEN_ID)
+    parser.add_argument("--mask-token", default=DEFAULT_MASK_TOKEN)
+    parser.add_argument("--block-size", type=int, default=4)
+    parser.add_argument("--prompt-attention", choices=PROMPT_ATTENTION_CHOICES, default="block")
+    parser.add_argument("--overwrite", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point (``bard-convert`` / ``bard convert``); returns the exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        out = convert(
+            args.source,
+            args.target,
+            mask_token_id=args.mask_token_id,
+            mask_token=args.mask_token,
+            block_size=args.block_size,
+            prompt_attention=args.prompt_attention,
+            overwrite=args.overwrite,
+        )
+    except ConversionError as err:
+        print(f"bard-convert: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote Bard-VL checkpoint to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
