@@ -30,6 +30,7 @@ __all__ = [
     "AUTOMODEL_SECTIONS",
     "BARD_SECTIONS",
     "ConfigKeyError",
+    "settings_from_mapping",
     "NoiseSettings",
     "LossSettings",
     "PackingSettings",
@@ -58,7 +59,8 @@ class ConfigKeyError(ValueError):
     """An unknown or misplaced YAML key; the message names it (decision D12)."""
 
 
-def _from_mapping(cls, node: Mapping[str, Any] | None, section: str):
+def settings_from_mapping(cls, node: Mapping[str, Any] | None, section: str):
+    """Build a settings dataclass from a YAML section, rejecting unknown keys by name (D12)."""
     values = dict(node or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
@@ -146,8 +148,8 @@ class BardSettings:
         values = dict(plain_config(node) or {})
         for name, sub in (("noise", NoiseSettings), ("loss", LossSettings), ("packing", PackingSettings)):
             if name in values and not isinstance(values[name], sub):
-                values[name] = _from_mapping(sub, values[name], f"bard.{name}")
-        return _from_mapping(cls, values, "bard")
+                values[name] = settings_from_mapping(sub, values[name], f"bard.{name}")
+        return settings_from_mapping(cls, values, "bard")
 
 
 _STAGE_ALIASES = {"max_steps": "step_scheduler.max_steps"}

@@ -21,11 +21,10 @@ distill:                # the loss: ce_weight * CE + kl_weight * top-k KL
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Literal, Mapping
 
-from nemo_automodel_bard.recipes.config_check import ConfigKeyError
+from nemo_automodel_bard.recipes.config_check import ConfigKeyError, settings_from_mapping
 
 TeacherKind = Literal["anchor", "ar", "none"]
 
@@ -41,18 +40,6 @@ __all__ = [
 
 class TeacherMismatchError(ValueError):
     """The teacher cannot teach this student (different vocabulary, sizes, mask token or kind)."""
-
-
-def _from_mapping(cls, node: Mapping[str, Any] | None, section: str):
-    """Build a settings dataclass, rejecting unknown keys by name (decision D12)."""
-    values = dict(node or {})
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigKeyError(
-            f"unknown key(s) in `{section}:`: {', '.join(unknown)}; allowed: {', '.join(sorted(names))}"
-        )
-    return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -74,7 +61,7 @@ class TeacherSettings:
 
     @classmethod
     def from_mapping(cls, node: Mapping[str, Any] | None) -> "TeacherSettings":
-        return _from_mapping(cls, node, "teacher")
+        return settings_from_mapping(cls, node, "teacher")
 
 
 @dataclass(frozen=True)
@@ -98,7 +85,7 @@ class DistillSettings:
 
     @classmethod
     def from_mapping(cls, node: Mapping[str, Any] | None) -> "DistillSettings":
-        return _from_mapping(cls, node, "distill")
+        return settings_from_mapping(cls, node, "distill")
 
 
 def _text_field(config: Any, name: str) -> Any:
