@@ -84,6 +84,26 @@ def test_sdpa_and_eager_agree_and_bool_equals_additive(image_batch):
     torch.testing.assert_close(_forward(sdpa, tokens, mask[:, None], positions, image_batch), ref, rtol=1e-5, atol=1e-5)
 
 
+def test_sdpa_gets_a_bool_mask_whatever_the_weight_dtype(image_batch, monkeypatch):
+    """Under FSDP2 mixed precision the weights a mask could be cast to may be fp32 shards while
+    queries are bf16; CUDA sdpa rejects a float mask of another dtype, so sdpa must get bool."""
+    model = tiny_model(attn_implementation="sdpa")
+    tokens, mask, positions, _ = _training_inputs(model, image_batch)
+    seen = []
+    original = torch.nn.functional.scaled_dot_product_attention
+
+    def recording(*args, attn_mask=None, **kwargs):
+        seen.append(attn_mask.dtype if attn_mask is not None else None)
+        return original(*args, attn_mask=attn_mask, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recording)
+    for given in (to_additive_mask(mask), to_additive_mask(mask, torch.bfloat16), mask[:, None]):
+        seen.clear()
+        _forward(model, tokens, given, positions, image_batch)
+        text_layers = len(model.model.language_model.layers)
+        assert seen[-text_layers:] == [torch.bool] * text_layers
+
+
 def test_forward_respects_the_mask(image_batch):
     """Brute-force check through the network: changing a key changes exactly the queries allowed to see it."""
     model = tiny_model()

@@ -142,6 +142,12 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
                 f"attention_mask shape {tuple(attention_mask.shape)} does not match [B, 1, Q={q_len}, K={kv_len}] "
                 "(K = cached tokens + Q)"
             )
+        if impl == "sdpa":
+            # sdpa takes a bool mask whatever the compute dtype. A float mask must match the query
+            # dtype, which under FSDP2 mixed precision differs from the (fp32, sharded) weights.
+            if attention_mask.dtype == torch.bool:
+                return attention_mask
+            return attention_mask > torch.finfo(attention_mask.dtype).min / 2
         if attention_mask.dtype == torch.bool:
             # eager adds a bool mask to the scores (silently wrong, D5): make it additive.
             additive = torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device)
