@@ -269,10 +269,11 @@ def _decode(model, inputs, opts: DecodeOptions, return_step_stats, generator, st
         steps = torch.zeros(rows.tokens.shape[0], dtype=torch.long, device=rows.tokens.device)
         step = 0
         masks: dict[tuple[int, int], torch.Tensor] = {}
+        limit = min(B, opts.max_new_tokens - b * B)
         while True:
             block_tokens = rows.tokens[:, start_b:end]
             masked = (block_tokens == mask_id) & rows.alive[:, None]
-            working = masked.any(-1)
+            working = (masked & _output_positions(block_tokens, eos, limit)).any(-1)
             if not working.any():
                 break
             start = _query_start(b, step, start_b, B) if use_cache else 0
@@ -309,6 +310,20 @@ def _decode(model, inputs, opts: DecodeOptions, return_step_stats, generator, st
         streamer.end()
     output = _pad_responses(responses, opts.eos_token_ids[0], inputs["input_ids"].device)
     return (output, stats) if return_step_stats else output
+
+
+def _output_positions(block_tokens: torch.Tensor, eos: torch.Tensor, limit: int) -> torch.Tensor:
+    """``[N, B]`` bool: the block positions that can reach the output.
+
+    Those are the positions before the ``max_new_tokens`` budget (``limit``) and up to the
+    first committed EOS. Committed tokens are never revised, so once these are all committed
+    the response is final: denoising the rest of the block would only cost forwards (short
+    answers in large blocks), and the output stays identical.
+    """
+    width = block_tokens.shape[1]
+    index = torch.arange(width, device=block_tokens.device)
+    first_eos = torch.where(torch.isin(block_tokens, eos), index, width).amin(-1, keepdim=True)
+    return (index <= first_eos) & (index < limit)
 
 
 def _query_start(b: int, step: int, start_b: int, block_size: int) -> int:

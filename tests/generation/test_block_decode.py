@@ -104,7 +104,8 @@ def test_batch_of_three_equals_each_alone(model, processor, batch):
 def test_static_one_token_per_forward(model, batch):
     out, stats = _run(model, batch, remasking_strategy="low_confidence_static", block_size=4, denoising_steps=4)
     for i in range(len(PROMPTS)):
-        assert all(steps == 4 for steps in stats.block_steps[i])
+        # every block takes all 4 steps, except that a block holding EOS may stop early
+        assert all(steps == 4 for steps in stats.block_steps[i][:-1]) and stats.block_steps[i][-1] <= 4
         assert set(stats.tokens_per_forward[i]) <= {0, 1}
         assert stats.num_tokens[i] == sum(stats.tokens_per_forward[i])
 
@@ -236,3 +237,22 @@ def test_video_prompt_cached_equals_uncached(model, processor):
     uncached, _ = _run(model, batch, max_new_tokens=8, denoising_steps=2, remasking_strategy="low_confidence_static",
                        use_cache=False)
     assert torch.equal(cached, uncached)
+
+
+@pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic"])
+def test_block_stops_once_the_output_is_final(model, batch, monkeypatch, strategy):
+    """After EOS (or the token budget) inside a block, the rest of the block is not denoised:
+    same output as denoising every position, fewer forwards."""
+    import nemo_automodel_bard.generation.block_decode as block_decode
+
+    free, _ = _run(model, batch, max_new_tokens=12, block_size=8, denoising_steps=8)
+    eos = int(free[0, 1])  # an early token of sample 0, so EOS lands early in its first block
+    kw = dict(max_new_tokens=10, block_size=8, denoising_steps=8, eos_token_id=eos, remasking_strategy=strategy)
+    out, stats = _run(model, batch, **kw)
+    every_position = lambda tokens, eos_ids, limit: torch.ones_like(tokens, dtype=torch.bool)  # noqa: E731
+    monkeypatch.setattr(block_decode, "_output_positions", every_position)
+    full_out, full_stats = _run(model, batch, **kw)
+    assert torch.equal(out, full_out)
+    assert stats.num_tokens == full_stats.num_tokens
+    assert all(a <= b for a, b in zip(stats.num_forwards, full_stats.num_forwards))
+    assert stats.num_forwards[0] < full_stats.num_forwards[0]
