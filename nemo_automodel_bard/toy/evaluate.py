@@ -1,0 +1,283 @@
+"""Evaluate AR and Bard-VL checkpoints on the toy test split: accuracy, TPF, forwards, tokens/s.
+
+Definitions (same for every model, measured in one process on one machine, batch 1):
+
+* **exact match**: the decoded answer (up to EOS, special tokens dropped) equals the
+  reference word for word;
+* **token accuracy**: words equal at the same position, over ``max(len(pred), len(ref))``
+  (a missing or extra word counts as wrong);
+* **forwards**: model calls spent decoding (AR: one per generated token, the prefill
+  included; Bard: every denoising forward, prefill and commit fused, see ``StepStats``);
+* **TPF**: generated tokens (EOS included) / forwards (AR = 1 by construction);
+* **tokens/s**: generated tokens / wall time of the ``generate`` calls.
+
+``bard eval --data DIR --ar AR_CKPT --bard b32=CKPT --block-size 32 --out DIR``
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+__all__ = [
+    "DecodeResult",
+    "Metrics",
+    "exact_match",
+    "token_accuracy",
+    "summarize",
+    "load_examples",
+    "prompt_batch",
+    "ar_decoder",
+    "bard_decoder",
+    "evaluate",
+    "main",
+]
+
+DEFAULT_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+@dataclass
+class DecodeResult:
+    """What one ``generate`` call produced for one sample."""
+
+    text: str
+    tokens: int
+    forwards: int
+    seconds: float
+
+
+@dataclass
+class Metrics:
+    """Aggregate metrics of one decoding configuration over a split."""
+
+    name: str
+    exact_match: float
+    token_accuracy: float
+    tpf: float
+    forwards: int
+    tokens: int
+    tokens_per_s: float
+    seconds: float
+    samples: int
+    settings: dict = field(default_factory=dict)
+    per_task: dict = field(default_factory=dict)
+
+
+def exact_match(pred: str, ref: str) -> bool:
+    """Word-for-word equality (whitespace-insensitive)."""
+    return pred.split() == ref.split()
+
+
+def token_accuracy(pred: str, ref: str) -> float:
+    """Fraction of positions where the words agree, over the longer of the two sequences."""
+    p, r = pred.split(), ref.split()
+    length = max(len(p), len(r))
+    if length == 0:
+        return 1.0
+    return sum(a == b for a, b in zip(p, r)) / length
+
+
+def summarize(name: str, refs: list[str], results: list[DecodeResult], tasks: list[str] | None = None,
+              settings: dict | None = None) -> Metrics:
+    """Aggregate per-sample results into :class:`Metrics` (means over samples, sums of counts)."""
+    n = len(results)
+    em = [exact_match(r.text, ref) for r, ref in zip(results, refs)]
+    tokens = sum(r.tokens for r in results)
+    forwards = sum(r.forwards for r in results)
+    seconds = sum(r.seconds for r in results)
+    per_task: dict[str, float] = {}
+    for task in sorted(set(tasks or [])):
+        hits = [e for e, t in zip(em, tasks) if t == task]
+        per_task[task] = sum(hits) / len(hits)
+    return Metrics(
+        name=name,
+        exact_match=sum(em) / n,
+        token_accuracy=sum(token_accuracy(r.text, ref) for r, ref in zip(results, refs)) / n,
+        tpf=tokens / forwards if forwards else 0.0,
+        forwards=forwards,
+        tokens=tokens,
+        tokens_per_s=tokens / seconds if seconds else 0.0,
+        seconds=seconds,
+        samples=n,
+        settings=settings or {},
+        per_task=per_task,
+    )
+
+
+def load_examples(path: str | Path, limit: int | None = None) -> list[dict]:
+    """Records of a toy jsonl split: ``question``, ``answer``, ``task``, ``image`` (absolute path)."""
+    path = Path(path)
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if not line.strip():
+            continue
+        record = json.loads(line)
+        user = record["messages"][0]["content"]
+        out.append({
+            "question": next(p["text"] for p in user if p["type"] == "text"),
+            "image": str(path.parent / next(p["image"] for p in user if p["type"] == "image")),
+            "answer": record["answer"],
+            "task": record.get("task", ""),
+        })
+    return out[:limit]
+
+
+def prompt_batch(processor: Any, example: dict) -> dict[str, torch.Tensor]:
+    """Processor output for one example's user turn, generation prompt added."""
+    from PIL import Image
+
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example["question"]}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    image = Image.open(example["image"]).convert("RGB")
+    batch = processor(text=[text], images=[image], return_tensors="pt")
+    image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    batch["mm_token_type_ids"] = (batch["input_ids"] == image_id).long()
+    return batch
+
+
+def _decode_text(tokenizer: Any, ids: list[int], eos_id: int) -> tuple[str, int]:
+    """Text up to (excluding) the first EOS, and the token count including that EOS."""
+    if eos_id in ids:
+        ids = ids[: ids.index(eos_id) + 1]
+    return tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids)
+
+
+def ar_decoder(model: Any, processor: Any, max_new_tokens: int) -> Callable[[dict], DecodeResult]:
+    """Greedy AR decoding with transformers' ``generate`` and its KV cache."""
+    tokenizer = processor.tokenizer
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def decode(example: dict) -> DecodeResult:
+        batch = prompt_batch(processor, example)
+        start = time.perf_counter()
+        with torch.no_grad():
+            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
+                                 eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
+        seconds = time.perf_counter() - start
+        text, tokens = _decode_text(tokenizer, out[0, batch["input_ids"].shape[1]:].tolist(), eos)
+        return DecodeResult(text=text, tokens=tokens, forwards=tokens, seconds=seconds)
+
+    return decode
+
+
+def bard_decoder(model: Any, processor: Any, max_new_tokens: int, **gen_kwargs: Any) -> Callable[[dict], DecodeResult]:
+    """Block-diffusion decoding through ``model.generate(..., return_step_stats=True)``."""
+    tokenizer = processor.tokenizer
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+
+    def decode(example: dict) -> DecodeResult:
+        batch = prompt_batch(processor, example)
+        start = time.perf_counter()
+        ids, stats = model.generate(batch, max_new_tokens=max_new_tokens, return_step_stats=True, **gen_kwargs)
+        seconds = time.perf_counter() - start
+        text, _ = _decode_text(tokenizer, ids[0].tolist(), eos)
+        return DecodeResult(text=text, tokens=stats.num_tokens[0], forwards=stats.num_forwards[0], seconds=seconds)
+
+    return decode
+
+
+def evaluate(name: str, decode: Callable[[dict], DecodeResult], examples: list[dict], settings: dict | None = None,
+             progress: bool = True) -> Metrics:
+    """Run ``decode`` over ``examples`` (batch 1) and summarize.
+
+    One untimed call first: the first forward of a process pays one-off set-up costs
+    (allocator, kernel selection) that would otherwise be charged to whichever model runs first.
+    """
+    if examples:
+        decode(examples[0])
+    results = []
+    for i, example in enumerate(examples):
+        results.append(decode(example))
+        if progress and (i + 1) % max(1, len(examples) // 4) == 0:
+            print(f"[eval {name}] {i + 1}/{len(examples)}", flush=True)
+    return summarize(name, [e["answer"] for e in examples], results, [e["task"] for e in examples], settings)
+
+
+def load_ar(path: str | Path):
+    """The AR Qwen3-VL checkpoint (fp32, eval) and its processor."""
+    from transformers import AutoProcessor, Qwen3VLForConditionalGeneration
+
+    model = Qwen3VLForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32).eval()
+    return model, AutoProcessor.from_pretrained(str(path))
+
+
+def load_bard(path: str | Path):
+    """A Bard-VL checkpoint (fp32, eval, SDPA)."""
+    from nemo_automodel_bard.models.bard_vl import BardVLForConditionalGeneration
+
+    return BardVLForConditionalGeneration.from_pretrained(str(path), dtype=torch.float32,
+                                                          attn_implementation="sdpa").eval()
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Evaluate ``args.ar`` and each ``args.bard`` (with the threshold sweep); write JSON + PNG."""
+    examples = load_examples(Path(args.data) / f"{args.split}.jsonl", args.limit)
+    results: list[Metrics] = []
+    ar_model, processor = load_ar(args.ar)
+    if args.ar:
+        results.append(evaluate("AR", ar_decoder(ar_model, processor, args.max_new_tokens), examples,
+                                {"kv_cache": True, "greedy": True}))
+    for spec in args.bard:
+        label, _, path = spec.partition("=")
+        model = load_bard(path)
+        block = args.block_size
+        for threshold in args.thresholds:
+            settings = dict(block_size=block, denoising_steps=block, remasking_strategy="low_confidence_dynamic",
+                            confidence_threshold=threshold, temperature=0.0)
+            decode = bard_decoder(model, processor, args.max_new_tokens, **settings)
+            results.append(evaluate(f"{label}@{threshold}", decode, examples, settings))
+    out = {"split": args.split, "samples": len(examples), "results": [asdict(m) for m in results]}
+    if args.out:
+        out_dir = Path(args.out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "eval.json").write_text(json.dumps(out, indent=1))
+        from nemo_automodel_bard.toy.plot import plot_tradeoff
+
+        plot_tradeoff(out["results"], out_dir / "accuracy_vs_throughput.png")
+    return out
+
+
+def format_table(rows: list[dict]) -> str:
+    """Markdown table of metric dicts."""
+    head = "| model | exact match | token acc | TPF | forwards | tokens/s |\n|---|---|---|---|---|---|"
+    lines = [f"| {r['name']} | {100 * r['exact_match']:.1f} | {100 * r['token_accuracy']:.1f} | {r['tpf']:.2f} | "
+             f"{r['forwards']} | {r['tokens_per_s']:.1f} |" for r in rows]
+    return "\n".join([head, *lines])
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bard eval", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", required=True, help="toy data folder (test.jsonl + images/)")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--ar", required=True, help="AR Qwen3-VL checkpoint (also provides the processor)")
+    parser.add_argument("--bard", action="append", default=[], help="LABEL=DIR of a Bard-VL checkpoint (repeatable)")
+    parser.add_argument("--block-size", type=int, default=32)
+    parser.add_argument("--thresholds", type=lambda s: [float(x) for x in s.split(",")], default=list(DEFAULT_THRESHOLDS))
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--out", default=None, help="folder for eval.json and accuracy_vs_throughput.png")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: batch-1 decoding of a tiny model gains nothing from more, "
+                             "and extra threads on a shared machine make timings noisy)")
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``bard eval`` entry point."""
+    args = _parser().parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = run(args)
+    print(format_table(out["results"]))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

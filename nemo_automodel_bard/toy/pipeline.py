@@ -1,0 +1,256 @@
+"""``bard demo``: the toy reproduction end to end.
+
+Stages (each logged to ``OUT/logs/<stage>.log``, progress echoed):
+
+0. ``data``    toy task splits (``toy/task.py``);
+1. ``ar``      the autoregressive Qwen3-VL: the shipped checkpoint
+               (``toy/assets/ar``, made by ``--retrain-ar``), or trained now (``toy/train_ar.py``);
+2. ``convert`` ``bard convert`` -> the Bard-VL initial checkpoint (B=4);
+3. ``pbm``     ``bard finetune --recipe bard_pbm`` with the packaged ``recipes/toy_pbm.yaml`` (4 -> 8 -> 16 -> 32);
+4. ``swd``     ``bard finetune --recipe bard_swd`` with the packaged ``recipes/toy_swd.yaml`` (B=32 student, B=4 anchor);
+5. ``eval``    the AR model and every Bard checkpoint on the test split, threshold sweep of
+               the SWD model, ``accuracy_vs_throughput.png``, ``summary.json``, a table.
+
+``bard demo [--quick] [--out DIR]``. ``--quick`` shrinks every stage (CI smoke test); its
+numbers mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from nemo_automodel_bard.recipes.launch import packaged_yaml
+
+__all__ = ["Profile", "PROFILES", "main", "run_pipeline", "summary_fields"]
+
+ASSET_AR = Path(__file__).resolve().parent / "assets" / "ar"
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Sizes and step counts of one demo mode."""
+
+    train: int
+    test: int
+    ar_steps: int
+    pbm_steps: tuple[int, int, int, int]
+    swd_steps: int
+    batch_size: int
+    thresholds: tuple[float, ...]
+    warmup: int
+
+
+PROFILES = {
+    "default": Profile(train=4000, test=100, ar_steps=600, pbm_steps=(150, 60, 60, 150), swd_steps=100,
+                       batch_size=16, thresholds=(0.3, 0.5, 0.7, 0.9, 0.95), warmup=5),
+    "quick": Profile(train=64, test=6, ar_steps=3, pbm_steps=(2, 2, 2, 2), swd_steps=2,
+                     batch_size=4, thresholds=(0.5, 0.9), warmup=1),
+}
+
+
+def _log(message: str) -> None:
+    print(f"[bard demo {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _run_logged(name: str, cmd: list[str], log_path: Path, echo: tuple[str, ...] = ("| step ",)) -> None:
+    """Run ``cmd``; all output goes to ``log_path``, lines containing ``echo`` also to stdout."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        for line in proc.stdout:  # type: ignore[union-attr]
+            log.write(line)
+            if any(token in line for token in echo):
+                print(f"  [{name}] {line.strip()[-150:]}", flush=True)
+        code = proc.wait()
+    if code != 0:
+        tail = log_path.read_text().splitlines()[-15:]
+        raise RuntimeError(f"stage {name} failed (exit {code}); see {log_path}:\n" + "\n".join(tail))
+
+
+def _bard(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nemo_automodel_bard.cli", *args]
+
+
+def _yaml(name: str) -> Path:
+    # Packaged with the recipes (nemo_automodel_bard.recipe_configs): works outside a checkout too.
+    return packaged_yaml(name)
+
+
+def stage_ar(out: Path, profile: Profile, retrain: bool) -> tuple[Path, str]:
+    """The AR checkpoint: the shipped one, or trained now."""
+    target = out / "ar"
+    if (target / "config.json").is_file():
+        return target, "reused"
+    if not retrain and (ASSET_AR / "config.json").is_file():
+        shutil.copytree(ASSET_AR, target)
+        return target, f"shipped checkpoint {ASSET_AR} (retrain: bard demo --retrain-ar)"
+    cmd = [sys.executable, "-m", "nemo_automodel_bard.toy.train_ar", "--data", str(out / "data"), "--out", str(target),
+           "--steps", str(profile.ar_steps), "--batch-size", str(max(profile.batch_size, 8))]
+    _run_logged("ar", cmd, out / "logs" / "ar.log", echo=("[stage0 AR]",))
+    return target, f"trained from scratch, {profile.ar_steps} steps"
+
+
+def stage_pbm(out: Path, init: Path, profile: Profile, extra: list[str]) -> Path:
+    """Run the 4 PBM stages; returns the PBM base directory."""
+    stages = ", ".join(f"{{block_size: {b}, max_steps: {s}}}" for b, s in zip((4, 8, 16, 32), profile.pbm_steps))
+    cmd = _bard("finetune", "--recipe", "bard_pbm", "--config", str(_yaml("toy_pbm.yaml")),
+                "--model.pretrained_model_name_or_path", str(init),
+                "--dataset.path_or_dataset", str(out / "data" / "train.jsonl"),
+                "--checkpoint.checkpoint_dir", str(out / "pbm"),
+                "--step_scheduler.global_batch_size", str(profile.batch_size),
+                "--step_scheduler.local_batch_size", str(profile.batch_size),
+                "--lr_scheduler.lr_warmup_steps", str(profile.warmup),
+                "--pbm.stages", f"[{stages}]", *extra)
+    _run_logged("pbm", cmd, out / "logs" / "pbm.log", echo=("| step ", "PBM stage"))
+    return out / "pbm"
+
+
+def stage_swd(out: Path, student: Path, teacher: Path, profile: Profile, kind: str = "anchor",
+              name: str = "swd", extra: list[str] | None = None) -> Path:
+    """SWD of the B=32 student; returns its final consolidated checkpoint."""
+    from nemo_automodel_bard.recipes.pbm import find_final_consolidated
+
+    cmd = _bard("finetune", "--recipe", "bard_swd", "--config", str(_yaml("toy_swd.yaml")),
+                "--model.pretrained_model_name_or_path", str(student),
+                "--teacher_model.pretrained_model_name_or_path", str(teacher),
+                f"--teacher.kind={kind}",
+                "--dataset.path_or_dataset", str(out / "data" / "train.jsonl"),
+                "--checkpoint.checkpoint_dir", str(out / name),
+                "--step_scheduler.max_steps", str(profile.swd_steps),
+                "--step_scheduler.global_batch_size", str(profile.batch_size),
+                "--step_scheduler.local_batch_size", str(profile.batch_size),
+                "--lr_scheduler.lr_warmup_steps", str(profile.warmup), *(extra or []))
+    _run_logged(name, cmd, out / "logs" / f"{name}.log")
+    final = find_final_consolidated(out / name)
+    if final is None:
+        raise RuntimeError(f"SWD finished without a consolidated checkpoint in {out / name}")
+    return final
+
+
+def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profile, sweep: str) -> dict:
+    """Evaluate AR + every checkpoint (their own block size, threshold 0.9) + the sweep of ``sweep``."""
+    from nemo_automodel_bard.toy import evaluate as ev
+    from nemo_automodel_bard.toy.plot import plot_tradeoff
+
+    import torch
+
+    torch.set_num_threads(1)  # same reason as `bard eval --threads 1`
+    examples = ev.load_examples(out / "data" / "test.jsonl")
+    ar_model, processor = ev.load_ar(ar)
+    rows = [ev.evaluate("AR", ev.ar_decoder(ar_model, processor, 32), examples, {"kv_cache": True})]
+    del ar_model
+    for label, path in checkpoints.items():
+        model = ev.load_bard(path)
+        block = int(model.config.block_size) if label != sweep else 32
+        thresholds = profile.thresholds if label == sweep else (0.9,)
+        for threshold in thresholds:
+            settings = dict(block_size=block, denoising_steps=block, remasking_strategy="low_confidence_dynamic",
+                            confidence_threshold=threshold, temperature=0.0)
+            rows.append(ev.evaluate(f"{label}@{threshold}", ev.bard_decoder(model, processor, 32, **settings),
+                                    examples, settings))
+    results = [asdict(r) for r in rows]
+    plot_tradeoff([r for r in results if r["name"] == "AR" or r["name"].startswith(sweep + "@")],
+                  out / "accuracy_vs_throughput.png")
+    (out / "eval.json").write_text(json.dumps(results, indent=1))
+    return {"rows": results, "table": ev.format_table(results)}
+
+
+def summary_fields(results: list[dict], sweep: str, target_threshold: float = 0.9) -> dict:
+    """The issue's three targets, computed from the evaluation rows."""
+    ar = next(r for r in results if r["name"] == "AR")
+    chosen = next((r for r in results if r["name"] == f"{sweep}@{target_threshold}"), None)
+    if chosen is None:
+        return {"ar": ar, "bard": None}
+    return {
+        "ar_exact_match": ar["exact_match"],
+        "bard_exact_match": chosen["exact_match"],
+        "bard_setting": chosen["name"],
+        "accuracy_gap_points": 100 * (ar["exact_match"] - chosen["exact_match"]),
+        "bard_tpf": chosen["tpf"],
+        "speedup_tokens_per_s": chosen["tokens_per_s"] / ar["tokens_per_s"] if ar["tokens_per_s"] else 0.0,
+        "targets": {
+            "within_1_point_of_ar": 100 * (ar["exact_match"] - chosen["exact_match"]) <= 1.0,
+            "tpf_at_least_4": chosen["tpf"] >= 4.0,
+            "speedup_at_least_4x": ar["tokens_per_s"] > 0 and chosen["tokens_per_s"] / ar["tokens_per_s"] >= 4.0,
+        },
+    }
+
+
+def run_pipeline(out: Path, mode: str, retrain_ar: bool, seed: int = 0, profile: Profile | None = None) -> dict:
+    """All stages; returns (and writes) the summary."""
+    from nemo_automodel_bard.toy.task import generate_splits
+
+    profile = profile or PROFILES[mode]
+    out.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    start_all = time.time()
+
+    def timed(name: str, fn, *args, **kwargs):
+        _log(f"stage {name} ...")
+        t0 = time.time()
+        result = fn(*args, **kwargs)
+        timings[name] = round(time.time() - t0, 1)
+        _log(f"stage {name} done in {timings[name]:.0f}s")
+        return result
+
+    timed("data", generate_splits, out / "data", seed=seed, sizes={"train": profile.train, "test": profile.test})
+    ar, notes["ar"] = timed("ar", stage_ar, out, profile, retrain_ar)
+    init = out / "bard_init"
+    if not (init / "config.json").is_file():
+        cmd = _bard("convert", "--from", str(ar), "--to", str(init), "--mask-token-id", "7",
+                    "--mask-token", "<|mask|>", "--block-size", "4", "--overwrite")
+        timed("convert", _run_logged, "convert", cmd, out / "logs" / "convert.log")
+    pbm = timed("pbm", stage_pbm, out, init, profile, [])
+    b4, b32 = pbm / "stage_0_b4" / "hf", pbm / "stage_3_b32" / "hf"
+    swd = timed("swd", stage_swd, out, b32, b4, profile)
+    checkpoints = {"pbm_b4": b4, "pbm_b32": b32, "swd_b32": swd}
+    evaluation = timed("eval", stage_eval, out, ar, checkpoints, profile, sweep="swd_b32")
+    summary = {
+        "mode": mode,
+        "profile": asdict(profile),
+        "stage_seconds": timings,
+        "total_seconds": round(time.time() - start_all, 1),
+        "notes": notes,
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "checkpoints": {k: str(v) for k, v in {"ar": ar, **checkpoints}.items()},
+        "results": evaluation["rows"],
+        **summary_fields(evaluation["rows"], "swd_b32"),
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(evaluation["table"])
+    print(json.dumps({k: summary[k] for k in ("stage_seconds", "total_seconds")}))
+    if "targets" in summary:
+        print(json.dumps({k: summary[k] for k in ("accuracy_gap_points", "bard_tpf", "speedup_tokens_per_s", "targets")}))
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    """``bard demo`` entry point."""
+    parser = argparse.ArgumentParser(prog="bard demo", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers are meaningless)")
+    parser.add_argument("--out", default="runs/toy", help="run folder (stages already done there are reused)")
+    parser.add_argument("--retrain-ar", action="store_true", help="train the AR model instead of using the shipped one")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pbm-steps", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
+                        help="steps of the B=4,8,16,32 PBM stages, e.g. 150,60,60,150")
+    parser.add_argument("--swd-steps", type=int, default=None)
+    parser.add_argument("--test", type=int, default=None, help="test samples to evaluate")
+    args = parser.parse_args(argv)
+    mode = "quick" if args.quick else "default"
+    changes = {k: v for k, v in (("pbm_steps", args.pbm_steps), ("swd_steps", args.swd_steps), ("test", args.test))
+               if v is not None}
+    if args.pbm_steps is not None and len(args.pbm_steps) != 4:
+        parser.error("--pbm-steps needs 4 comma-separated counts (B=4,8,16,32)")
+    run_pipeline(Path(args.out), mode, args.retrain_ar, args.seed, replace(PROFILES[mode], **changes))
+    return 0
