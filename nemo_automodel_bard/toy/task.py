@@ -40,6 +40,8 @@ __all__ = [
     "split_samples",
     "RESERVED",
     "generate_splits",
+    "write_split",
+    "held_out_keys",
     "main",
 ]
 
@@ -207,16 +209,34 @@ def generate_splits(
     sizes = sizes or {"train": 4000, "val": 100, "test": 200}
     out_dir = Path(out_dir)
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
-    paths = {}
-    for split, samples in split_samples(seed, sizes, min_cells, max_cells, tasks).items():
-        path = out_dir / f"{split}.jsonl"
-        with path.open("w", encoding="utf-8") as handle:
-            for i, sample in enumerate(samples):
-                rel = f"images/{split}_{i:06d}.png"
-                render(sample.digits, sample.colours).save(out_dir / rel)
-                handle.write(json.dumps(_record(sample, rel, i)) + "\n")
-        paths[split] = path
-    return paths
+    splits = split_samples(seed, sizes, min_cells, max_cells, tasks)
+    return {split: write_split(out_dir, split, samples) for split, samples in splits.items()}
+
+
+def write_split(out_dir: str | Path, split: str, samples: list[ToySample]) -> Path:
+    """Write ``{split}.jsonl`` + its images under ``out_dir``; returns the jsonl path."""
+    out_dir = Path(out_dir)
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{split}.jsonl"
+    with path.open("w", encoding="utf-8") as handle:
+        for i, sample in enumerate(samples):
+            rel = f"images/{split}_{i:06d}.png"
+            render(sample.digits, sample.colours).save(out_dir / rel)
+            handle.write(json.dumps(_record(sample, rel, i)) + "\n")
+    return path
+
+
+def held_out_keys(seed: int, min_cells: int = 4, max_cells: int = 8,
+                  tasks: tuple[str, ...] = tuple(TASKS)) -> set[str]:
+    """Keys of the reserved test + val pools of :func:`split_samples` for these arguments.
+
+    Extra training data (e.g. a curriculum phase with other cell counts or tasks) excludes
+    these so that it never contains an evaluation sample of the standard splits.
+    """
+    args = (min_cells, max_cells, tasks)
+    test_pool = sample_rows(f"{seed}-test", RESERVED, *args)
+    val_pool = sample_rows(f"{seed}-val", RESERVED, *args, exclude={s.key for s in test_pool})
+    return {s.key for s in test_pool} | {s.key for s in val_pool}
 
 
 def main(argv: list[str] | None = None) -> int:
