@@ -4,7 +4,8 @@ Stages (each logged to ``OUT/logs/<stage>.log``, progress echoed):
 
 0. ``data``    toy task splits (``toy/task.py``);
 1. ``ar``      the autoregressive Qwen3-VL: the shipped checkpoint
-               (``toy/assets/ar``, made by ``--retrain-ar``), or trained now (``toy/train_ar.py``);
+               (``toy/assets/ar``), or trained now with ``--retrain-ar`` through AutoModel's
+               VLM fine-tune recipe (``toy/stage0.py``);
 2. ``convert`` ``bard convert`` -> the Bard-VL initial checkpoint (B=4);
 3. ``pbm``     ``bard finetune --recipe bard_pbm`` with the packaged ``recipes/toy_pbm.yaml`` (4 -> 8 -> 16 -> 32);
 4. ``swd``     ``bard finetune --recipe bard_swd`` with the packaged ``recipes/toy_swd.yaml`` (B=32 student, B=4 anchor);
@@ -50,7 +51,7 @@ class Profile:
 
 
 PROFILES = {
-    "default": Profile(train=4000, test=100, ar_curriculum="default", pbm_steps=(150, 60, 60, 150), swd_steps=100,
+    "default": Profile(train=4000, test=200, ar_curriculum="default", pbm_steps=(1000, 150, 150, 500), swd_steps=300,
                        batch_size=16, thresholds=(0.3, 0.5, 0.7, 0.9, 0.95), warmup=5),
     "quick": Profile(train=64, test=6, ar_curriculum="read:1-3:1,all:4-8:2", pbm_steps=(2, 2, 2, 2), swd_steps=2,
                      batch_size=4, thresholds=(0.5, 0.9), warmup=1),
@@ -94,11 +95,12 @@ def stage_ar(out: Path, profile: Profile, retrain: bool, seed: int = 0) -> tuple
     if not retrain and (ASSET_AR / "config.json").is_file():
         shutil.copytree(ASSET_AR, target)
         return target, f"shipped checkpoint {ASSET_AR} (retrain: bard demo --retrain-ar)"
-    cmd = [sys.executable, "-m", "nemo_automodel_bard.toy.train_ar", "--data", str(out / "data"), "--out", str(target),
-           "--curriculum", profile.ar_curriculum, "--data-seed", str(seed),
+    # AutoModel's VLM fine-tune recipe, one run per curriculum phase (toy/stage0.py)
+    cmd = [sys.executable, "-m", "nemo_automodel_bard.toy.stage0", "--data", str(out / "data"), "--out", str(target),
+           "--curriculum", profile.ar_curriculum, "--data-seed", str(seed), "--work-dir", str(out / "ar.work"),
            # the settings the curriculum was measured with (docs/results.md, stage 0)
            "--batch-size", "16", "--lr", "3e-3", "--vision-lr-multiplier", "3"]
-    _run_logged("ar", cmd, out / "logs" / "ar.log", echo=("[stage0 AR]",))
+    _run_logged("ar", cmd, out / "logs" / "ar.log", echo=("[stage0 recipe]", "| step "))
     return target, f"trained from scratch, curriculum {profile.ar_curriculum}"
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from nemo_automodel_bard.toy.task import COLOURS, TASKS
+from nemo_automodel_bard.toy.task import COLOURS, SEPARATOR, STOP, TASKS
 
 __all__ = ["SPECIALS", "MASK_TOKEN", "vocabulary", "build_tokenizer", "build_processor", "ar_config", "save_processor"]
 
@@ -45,7 +45,7 @@ PATCH, MERGE = 16, 2
 
 def vocabulary() -> list[str]:
     """All tokens, specials first (ids 0..8), then the words of the task."""
-    words = ["system", "user", "assistant"] + [str(d) for d in range(10)] + list(COLOURS)
+    words = ["system", "user", "assistant"] + [str(d) for d in range(10)] + list(COLOURS) + [SEPARATOR, STOP]
     for question in TASKS.values():
         words += [w for w in question.split() if w not in words]
     return SPECIALS + words

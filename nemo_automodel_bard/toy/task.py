@@ -31,6 +31,10 @@ from PIL import Image, ImageDraw
 
 __all__ = [
     "CELL",
+    "SEPARATOR",
+    "STOP",
+    "MIN_CELLS",
+    "MAX_CELLS",
     "COLOURS",
     "TASKS",
     "ToySample",
@@ -46,6 +50,10 @@ __all__ = [
 ]
 
 CELL = 32  # px; = patch 16 x merge 2, one merged vision token per cell
+# Cells per row of the standard splits (4-8 cells: answers of 8-24 tokens + EOS, see answer_for).
+MIN_CELLS, MAX_CELLS = 4, 8
+# Answers are comma-separated lists closed by a full stop.
+SEPARATOR, STOP = ",", "."
 COLOURS = {
     "red": (220, 20, 20),
     "green": (20, 150, 20),
@@ -99,20 +107,25 @@ class ToySample:
 
 
 def answer_for(digits: tuple[int, ...], colours: tuple[str, ...], task: str) -> str:
-    """The reference answer (space-separated words) for a row and a task."""
+    """The reference answer (space-separated words) for a row and a task.
+
+    A comma-separated list of items closed by a full stop, e.g. ``3 , 1 , 4 .``: 2n tokens
+    for read / colours / sort, 3n for describe, 15 for count (8-24 tokens for 4-8 cells).
+    """
     if task == "read":
-        words = [str(d) for d in digits]
+        items = [[str(d)] for d in digits]
     elif task == "colours":
-        words = list(colours)
+        items = [[c] for c in colours]
     elif task == "describe":
-        words = [w for d, c in zip(digits, colours) for w in (str(d), c)]
+        items = [[str(d), c] for d, c in zip(digits, colours)]
     elif task == "sort":
-        words = [str(d) for d in sorted(digits)]
+        items = [[str(d)] for d in sorted(digits)]
     elif task == "count":
-        words = [w for c in COLOURS for w in (c, str(colours.count(c)))]
+        items = [[c, str(colours.count(c))] for c in COLOURS]
     else:
         raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
-    return " ".join(words)
+    words = [w for i, item in enumerate(items) for w in ([SEPARATOR] if i else []) + item]
+    return " ".join(words + [STOP])
 
 
 def render(digits: tuple[int, ...], colours: tuple[str, ...]) -> Image.Image:
@@ -198,8 +211,8 @@ def generate_splits(
     *,
     seed: int = 0,
     sizes: dict[str, int] | None = None,
-    min_cells: int = 4,
-    max_cells: int = 8,
+    min_cells: int = MIN_CELLS,
+    max_cells: int = MAX_CELLS,
     tasks: tuple[str, ...] = tuple(TASKS),
 ) -> dict[str, Path]:
     """Write ``{split}.jsonl`` + ``images/`` under ``out_dir``; returns the jsonl paths.
@@ -226,7 +239,7 @@ def write_split(out_dir: str | Path, split: str, samples: list[ToySample]) -> Pa
     return path
 
 
-def held_out_keys(seed: int, min_cells: int = 4, max_cells: int = 8,
+def held_out_keys(seed: int, min_cells: int = MIN_CELLS, max_cells: int = MAX_CELLS,
                   tasks: tuple[str, ...] = tuple(TASKS)) -> set[str]:
     """Keys of the reserved test + val pools of :func:`split_samples` for these arguments.
 

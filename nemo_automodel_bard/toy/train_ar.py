@@ -29,18 +29,19 @@ from typing import Any
 import torch
 
 from nemo_automodel_bard.toy.processor import ar_config, build_processor
-from nemo_automodel_bard.toy.task import CELL, TASKS, held_out_keys, sample_rows, write_split
+from nemo_automodel_bard.toy.task import CELL, MAX_CELLS, MIN_CELLS, TASKS, held_out_keys, sample_rows, write_split
 
 __all__ = [
     "encode_example", "collate", "load_split", "build_model", "Phase", "DEFAULT_CURRICULUM",
-    "parse_curriculum", "phase_examples", "train", "main",
+    "parse_curriculum", "phase_records", "phase_examples", "train", "main",
 ]
 
 # Cell range of the rows in a data folder made by toy/task.py (generate_splits' defaults).
-DATA_CELLS = (4, 8)
-# Read 1-3 cells, then 4-8 cells, then add colours, then all tasks. The step counts of the
-# first three phases are what reached 100% val exact match on those tasks (docs/toy.md).
-DEFAULT_CURRICULUM = "read:1-3:800,read:4-8:400,read+colours:4-8:1300,all:4-8:1500"
+DATA_CELLS = (MIN_CELLS, MAX_CELLS)
+# Read 1-3 cells, then 4-8 cells, then add colours, then all tasks; colours alone again (they
+# do not always click beside reading), then all tasks (docs/toy.md).
+DEFAULT_CURRICULUM = ("read:1-3:800,read:4-8:400,read+colours:4-8:1300,all:4-8:2500,"
+                      "colours:1-3:500,colours:4-8:500,all:4-8:1200")
 
 
 def encode_example(processor: Any, record: dict, root: Path) -> dict[str, torch.Tensor]:
@@ -166,9 +167,9 @@ def _cells(record: dict, root: Path) -> int:
         return img.width // CELL
 
 
-def phase_examples(processor: Any, phase: Phase, data_dir: Path, work_dir: Path, *,
-                   data_seed: int = 0, generated: int = 1000) -> list[dict]:
-    """Encoded training examples of one phase.
+def phase_records(phase: Phase, data_dir: Path, work_dir: Path, *, data_seed: int = 0,
+                  generated: int = 1000) -> tuple[list[dict], Path]:
+    """The jsonl records of one phase and the folder their image paths are relative to.
 
     Inside the data folder's cell range these are its ``train.jsonl`` records of the phase's
     tasks and cell counts. Other cell counts (e.g. the 1-3 cell warm-up) are not in the data
@@ -180,12 +181,19 @@ def phase_examples(processor: Any, phase: Phase, data_dir: Path, work_dir: Path,
         records = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         keep = [r for r in records if r["task"] in phase.tasks
                 and phase.min_cells <= _cells(r, data_dir) <= phase.max_cells]
-        return [encode_example(processor, r, data_dir) for r in keep]
+        return keep, data_dir
     exclude = held_out_keys(data_seed) | held_out_keys(data_seed, phase.min_cells, phase.max_cells, phase.tasks)
     seed = f"{data_seed}-curriculum-{'+'.join(phase.tasks)}-{phase.min_cells}-{phase.max_cells}"
     samples = sample_rows(seed, generated, phase.min_cells, phase.max_cells, phase.tasks, exclude=exclude)
     path = write_split(work_dir, "train", samples)
-    return load_split(processor, path)
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()], work_dir
+
+
+def phase_examples(processor: Any, phase: Phase, data_dir: Path, work_dir: Path, *,
+                   data_seed: int = 0, generated: int = 1000) -> list[dict]:
+    """Encoded training examples of one phase (the records of :func:`phase_records`)."""
+    records, root = phase_records(phase, data_dir, work_dir, data_seed=data_seed, generated=generated)
+    return [encode_example(processor, r, root) for r in records]
 
 
 def _train_steps(model: torch.nn.Module, optim: torch.optim.Optimizer, examples: list[dict], steps: int, *,

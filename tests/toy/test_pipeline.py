@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from nemo_automodel_bard.toy.pipeline import summary_fields
 
@@ -42,3 +43,21 @@ def test_quick_demo_writes_complete_summary(tmp_path):
         assert row["samples"] == 6 and row["forwards"] > 0 and row["tokens"] > 0
         assert 0.0 <= row["exact_match"] <= 1.0
     assert (out / "accuracy_vs_throughput.png").stat().st_size > 0
+
+
+def test_retrain_ar_stage_trains_through_the_automodel_recipe(tmp_path):
+    """``bard demo --retrain-ar``'s stage 0: toy/stage0.py (AutoModel's VLM recipe), not the shipped copy."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    from nemo_automodel_bard.toy.pipeline import ASSET_AR, PROFILES, stage_ar
+    from nemo_automodel_bard.toy.task import generate_splits
+
+    generate_splits(tmp_path / "data", seed=0, sizes={"train": 64, "test": 4})
+    path, note = stage_ar(tmp_path, PROFILES["quick"], retrain=True)
+    assert note.startswith("trained from scratch")
+    assert "[stage0 recipe]" in (tmp_path / "logs" / "ar.log").read_text()
+    log = json.loads((path / "train_log.json").read_text())
+    assert [p["steps"] for p in log["phases"]] == [1, 2]
+    trained = Qwen3VLForConditionalGeneration.from_pretrained(str(path)).state_dict()
+    shipped = Qwen3VLForConditionalGeneration.from_pretrained(str(ASSET_AR)).state_dict()
+    assert not all(torch.equal(trained[k], shipped[k]) for k in shipped)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from nemo_automodel_bard.toy.task import CELL, COLOURS, TASKS, answer_for, generate_splits, render
+from nemo_automodel_bard.toy.task import CELL, COLOURS, MAX_CELLS, MIN_CELLS, TASKS, answer_for, generate_splits, render
 
 SIZES = {"train": 40, "val": 10, "test": 15}
 
@@ -64,11 +64,11 @@ def test_records_follow_the_messages_schema(data):
 
 def test_answers_against_hand_written_references():
     digits, colours = (3, 1, 2), ("red", "blue", "red")
-    assert answer_for(digits, colours, "read") == "3 1 2"
-    assert answer_for(digits, colours, "colours") == "red blue red"
-    assert answer_for(digits, colours, "describe") == "3 red 1 blue 2 red"
-    assert answer_for(digits, colours, "sort") == "1 2 3"
-    assert answer_for(digits, colours, "count") == "red 2 green 0 blue 1 orange 0 purple 0"
+    assert answer_for(digits, colours, "read") == "3 , 1 , 2 ."
+    assert answer_for(digits, colours, "colours") == "red , blue , red ."
+    assert answer_for(digits, colours, "describe") == "3 red , 1 blue , 2 red ."
+    assert answer_for(digits, colours, "sort") == "1 , 2 , 3 ."
+    assert answer_for(digits, colours, "count") == "red 2 , green 0 , blue 1 , orange 0 , purple 0 ."
     with pytest.raises(ValueError, match="unknown task"):
         answer_for(digits, colours, "nope")
 
@@ -90,5 +90,6 @@ def test_different_digits_render_differently():
 
 def test_answer_lengths_in_range(data):
     lengths = [len(r["answer"].split()) for split in SIZES for r in _records(data, split)]
-    # each answer plus EOS is at least 4 tokens and at most 2 x 8 cells (describe) = 16 words
-    assert min(lengths) >= 4 and max(lengths) <= 16
+    # the 8-64 tokens: read/colours/sort are 2 x cells (>= 2 x 4), describe 3 x cells
+    # (<= 3 x 8 = 24), count always 15; EOS adds one token to each
+    assert min(lengths) >= 2 * MIN_CELLS == 8 and max(lengths) <= 3 * MAX_CELLS <= 64
