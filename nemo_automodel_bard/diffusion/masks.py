@@ -38,6 +38,7 @@ __all__ = [
     "sample_block_ids",
     "layout_block_ids",
     "block_diffusion_mask",
+    "token_attends",
     "to_additive_mask",
 ]
 
@@ -101,16 +102,40 @@ def block_diffusion_mask(
         raise ValueError(f"segment and block must both be [B, S]; got {tuple(segment.shape)} and {tuple(block.shape)}")
     if not 0 <= query_start < segment.shape[1]:
         raise ValueError(f"query_start must be in [0, {segment.shape[1]}), got {query_start}")
-    seg_q, seg_k = segment[:, query_start:, None], segment[:, None, :]
-    blk_q, blk_k = block[:, query_start:, None], block[:, None, :]
+    idx = torch.arange(segment.shape[1], device=segment.device)
+    return token_attends(
+        segment[:, query_start:, None], block[:, query_start:, None], idx[None, query_start:, None],
+        segment[:, None, :], block[:, None, :], idx[None, None, :],
+        None if doc is None else doc[:, query_start:, None], None if doc is None else doc[:, None, :],
+        causal_prompt=causal_prompt,
+    )
 
+
+def token_attends(
+    seg_q: torch.Tensor,
+    blk_q: torch.Tensor,
+    idx_q: torch.Tensor,
+    seg_k: torch.Tensor,
+    blk_k: torch.Tensor,
+    idx_k: torch.Tensor,
+    doc_q: torch.Tensor | None = None,
+    doc_k: torch.Tensor | None = None,
+    *,
+    causal_prompt: bool = False,
+) -> torch.Tensor:
+    """Whether query token ``q`` attends key token ``k``: the visibility rules of the module docstring.
+
+    Elementwise over broadcastable per-token ids (segment, block id, position in the row,
+    packed-sample id), so the one rule serves the dense mask (``[B, Q, 1]`` against
+    ``[B, 1, K]``), the FlexAttention ``mask_mod`` (scalars) and the tile counts of
+    ``diffusion/flex_masks.py`` (row chunks).
+    """
     known_k = (seg_k == PREFIX) | (seg_k == CLEAN)
     # prefix / clean queries: block-causal over known keys, never noisy keys (D4).
     known_q_rule = known_k & (blk_k <= blk_q)
     if causal_prompt:
-        idx = torch.arange(segment.shape[1], device=segment.device)
         prompt_pair = (seg_q == PREFIX) & (seg_k == PREFIX)
-        known_q_rule = torch.where(prompt_pair, idx[None, None, :] <= idx[None, query_start:, None], known_q_rule)
+        known_q_rule = torch.where(prompt_pair, idx_k <= idx_q, known_q_rule)
     # noisy queries: all of the prompt, clean blocks before their own, their own noisy block.
     noisy_q_rule = (
         (seg_k == PREFIX)
@@ -118,12 +143,11 @@ def block_diffusion_mask(
         | ((seg_k == NOISY) & (blk_k == blk_q))
     )
     mask = torch.where(seg_q == NOISY, noisy_q_rule, known_q_rule)
-    mask &= (seg_q != PAD) & (seg_k != PAD)
-    if doc is not None:
-        mask &= doc[:, query_start:, None] == doc[:, None, :]
+    mask = mask & (seg_q != PAD) & (seg_k != PAD)
+    if doc_q is not None:
+        mask = mask & (doc_q == doc_k)
     # A padding query sees only itself: no empty softmax rows, no effect on real tokens.
-    eye = torch.eye(segment.shape[1], dtype=torch.bool, device=segment.device)[query_start:]
-    return mask | (eye & (seg_q == PAD))
+    return mask | ((idx_q == idx_k) & (seg_q == PAD))
 
 
 def to_additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
