@@ -5,7 +5,8 @@ vision tower, DeepStack, FSDP2 parallelizer and HF checkpointing are inherited:
 
 * text attention is non-causal: the caller passes the block-diffusion mask as an additive
   ``[B, 1, Q, K]`` float mask (or a bool one, converted here so that sdpa and eager agree,
-  decision D5), or a FlexAttention ``BlockMask`` with ``flex_attention``;
+  decision D5), or a FlexAttention ``BlockMask`` once the text layers use
+  ``flex_attention`` (:meth:`set_text_attention`; the vision tower keeps its own backend);
 * ``position_ids`` are required (mRoPE ids, see :meth:`rope_positions`): with a 4-D mask the
   model cannot infer them;
 * logits are **unshifted** (logit ``i`` predicts token ``i``) and ``forward`` never computes a
@@ -32,17 +33,24 @@ try:  # FlexAttention is optional (absent on some builds)
 except ImportError:  # pragma: no cover
     BlockMask = ()  # type: ignore[assignment,misc]
 
-__all__ = ["BardVLForConditionalGeneration", "MASK_ATTENTION_IMPLEMENTATIONS"]
+__all__ = ["BardVLForConditionalGeneration", "MASK_ATTENTION_IMPLEMENTATIONS", "TEXT_ATTENTION_IMPLEMENTATIONS"]
 
 # Attention backends that honour an arbitrary 4-D additive mask. flash_attention_* ignore it
 # (bard_spec.md section 1), so they are refused rather than silently wrong.
 MASK_ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
+# What the text layers may run: the dense-mask backends, or FlexAttention with a BlockMask.
+TEXT_ATTENTION_IMPLEMENTATIONS = (*MASK_ATTENTION_IMPLEMENTATIONS, "flex_attention")
 
 
 class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
     """Block-diffusion Qwen3-VL (Bard-VL). Same module tree and state-dict keys as Qwen3-VL."""
 
     config_class = BardVLConfig
+    # Flex opt-in (transformers checks this flag before allowing attn_implementation="flex_attention").
+    # Qwen3-VL's text attention already dispatches through transformers' attention interface,
+    # whose flex_attention function takes a BlockMask as the mask; what stock Qwen3-VL lacks is a
+    # mask to give it, and this subclass builds one (diffusion/flex_masks.py).
+    _supports_flex_attn = True
 
     # FSDP2 layer grouping (automodel_notes.md section 1).
     parallel_layer_groups = {"language": ("model.language_model.layers",), "vision": ("model.visual.blocks",)}
@@ -63,6 +71,21 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         # Non-causal text attention (bard_spec.md section 1, difference 1): the mask says it all.
         for layer in self.model.language_model.layers:
             layer.self_attn.is_causal = False
+        # transformers asks each sub-model in turn: the text model is the one that runs flex.
+        self.model.language_model._supports_flex_attn = True
+
+    def set_text_attention(self, implementation: str) -> None:
+        """Run the text layers with ``implementation`` (``sdpa``, ``eager`` or ``flex_attention``).
+
+        Only the text sub-config changes (transformers' per-sub-config ``set_attn_implementation``):
+        the vision tower keeps its own backend (its per-image attention takes no BlockMask).
+        With ``flex_attention`` the forward then takes a ``BlockMask`` (and nothing else).
+        """
+        if implementation not in TEXT_ATTENTION_IMPLEMENTATIONS:
+            raise ValueError(
+                f"text attention implementation must be one of {TEXT_ATTENTION_IMPLEMENTATIONS}, got {implementation!r}"
+            )
+        self.set_attn_implementation({"text_config": implementation})
 
     def save_pretrained(self, save_directory: str, checkpointer: Any = None, tokenizer: Any = None, **kwargs: Any) -> None:
         """Save HF safetensors + config; with a NeMo ``checkpointer`` use AutoModel's (distributed) path.
@@ -123,8 +146,22 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         impl = self._text_attn_implementation()
         if isinstance(attention_mask, BlockMask):
             if impl != "flex_attention":
-                raise ValueError(f"a FlexAttention BlockMask needs attn_implementation='flex_attention', got {impl!r}")
+                raise ValueError(
+                    f"a FlexAttention BlockMask needs the text layers on flex_attention (model.set_text_attention), "
+                    f"got {impl!r}"
+                )
+            if tuple(attention_mask.shape[-2:]) != (q_len, kv_len):
+                raise ValueError(
+                    f"BlockMask covers [Q, K]={tuple(attention_mask.shape[-2:])}, the input needs [{q_len}, {kv_len}]"
+                )
             return attention_mask
+        if impl == "flex_attention":
+            raise ValueError(
+                "the text layers run flex_attention, which takes the block-diffusion mask as a BlockMask "
+                "(nemo_automodel_bard.diffusion.flex_masks); got "
+                + (f"a tensor of shape {tuple(attention_mask.shape)}" if isinstance(attention_mask, torch.Tensor)
+                   else type(attention_mask).__name__)
+            )
         if impl not in MASK_ATTENTION_IMPLEMENTATIONS:
             raise ValueError(
                 f"BardVL attention needs an arbitrary 4-D mask; attn_implementation={impl!r} cannot take one. "
