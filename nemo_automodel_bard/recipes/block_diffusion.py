@@ -9,7 +9,8 @@ class only
 * applies the noise per optimizer step with a step-seeded generator (:meth:`apply_noise`),
   so a resumed run sees exactly the noise of the uninterrupted one;
 * builds the model inputs (:meth:`build_model_inputs`: noisy ids, mRoPE positions,
-  block-diffusion mask for any block size) and the loss (:meth:`compute_loss`);
+  block-diffusion mask for any block size: a FlexAttention ``BlockMask`` or a dense bool
+  mask, per ``bard.attention``) and the loss (:meth:`compute_loss`);
 * overrides ``_forward_backward_step`` and ``_run_validation_epoch`` with those hooks.
 
 Hooks a subclass (SWD) overrides: ``build_model_inputs(batch, block_size)``,
@@ -31,7 +32,8 @@ from nemo_automodel.components.loggers.metric_logger import MetricsSample
 from nemo_automodel.recipes.vlm.finetune import FinetuneRecipeForVLM
 
 from nemo_automodel_bard._cpu_shim import apply_cpu_shims
-from nemo_automodel_bard.diffusion.layout import apply_noise, layout_attention_mask, layout_position_ids
+from nemo_automodel_bard.diffusion.flex_masks import layout_mask
+from nemo_automodel_bard.diffusion.layout import apply_noise, layout_position_ids
 from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
 from nemo_automodel_bard.diffusion.noise import substitute_vocabulary
 from nemo_automodel_bard.recipes.config_check import (
@@ -41,7 +43,14 @@ from nemo_automodel_bard.recipes.config_check import (
     check_top_level_keys,
 )
 
-__all__ = ["BardDiffusionRecipe", "prepare_config", "VISION_TOWER_PATTERN", "COLLATE_TARGET"]
+__all__ = [
+    "BardDiffusionRecipe",
+    "prepare_config",
+    "resolve_attention",
+    "use_text_attention",
+    "VISION_TOWER_PATTERN",
+    "COLLATE_TARGET",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +70,7 @@ def prepare_config(config: Mapping[str, Any], extra_sections: frozenset[str] = f
     config = copy.deepcopy(dict(config))
     check_top_level_keys(config, extra_sections)
     bard = BardSettings.from_mapping(config.get("bard"))
+    _check_model_attention(config)
     config.pop("pbm", None)
     _wire_data(config, bard)
     # nccl needs CUDA; `auto` (or nothing) picks the backend from the hardware.
@@ -73,6 +83,53 @@ def prepare_config(config: Mapping[str, Any], extra_sections: frozenset[str] = f
     if bard.vision_lr_multiplier != 1.0:
         _add_vision_lr_group(config, bard.vision_lr_multiplier)
     return config
+
+
+def _check_model_attention(config: Mapping[str, Any]) -> None:
+    """``flex_attention`` is chosen by ``bard.attention``, never in a model section.
+
+    A model built with it would put the vision tower on flex too (stock Qwen3-VL refuses);
+    ``bard.attention`` switches only the text layers, after the build.
+    """
+    for section in ("model", "teacher_model"):
+        node = config.get(section)
+        if isinstance(node, Mapping) and "flex" in str(node.get("attn_implementation") or ""):
+            raise ConfigKeyError(
+                f"{section}.attn_implementation: {node['attn_implementation']!r}; keep sdpa there (the vision tower) "
+                "and set `bard.attention: flex` (or auto) for the text layers"
+            )
+
+
+def resolve_attention(setting: str, device: torch.device) -> str:
+    """``bard.attention`` -> ``flex`` or ``sdpa`` on ``device`` (``auto``: flex on CUDA only).
+
+    Training with flex needs CUDA: FlexAttention has no backward on CPU (scale_facts.md).
+    """
+    if setting == "auto":
+        return "flex" if device.type == "cuda" else "sdpa"
+    if setting == "flex" and device.type != "cuda":
+        raise ValueError(
+            f"bard.attention: flex trains on CUDA only (FlexAttention has no backward on {device.type}); "
+            "use auto or sdpa"
+        )
+    if setting not in ("flex", "sdpa"):
+        raise ValueError(f"bard.attention must be auto, flex or sdpa, got {setting!r}")
+    return setting
+
+
+def use_text_attention(model: Any, backend: str) -> None:
+    """Put a model's text layers on the backend the masks are built for.
+
+    ``sdpa`` leaves the model as built (sdpa or eager both take the dense bool mask).
+    """
+    if backend != "flex":
+        return
+    if not hasattr(model, "set_text_attention"):
+        raise ValueError(
+            f"bard.attention: flex needs a Bard-VL model (it builds the BlockMask); {type(model).__name__} has no "
+            "set_text_attention: use bard.attention: sdpa"
+        )
+    model.set_text_attention("flex_attention")
 
 
 def _wire_data(config: dict[str, Any], bard: BardSettings) -> None:
@@ -150,6 +207,8 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         if self.mask_token_id is None:
             raise ValueError("no mask token id: set bard.mask_token_id or use a Bard-VL config with mask_token_id")
         self.prompt_attention = self.bard.prompt_attention or getattr(config, "prompt_attention", None) or "block"
+        self.attention = resolve_attention(self.bard.attention, self._device())
+        use_text_attention(model, self.attention)
         # The consolidated checkpoint records what it was trained with.
         for name, value in (("block_size", self.block_size), ("mask_token_id", self.mask_token_id),
                             ("prompt_attention", self.prompt_attention)):
@@ -161,9 +220,9 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         self.noise_seed = self.bard.seed if self.bard.seed is not None else int(self.cfg.get("seed", 42))
         self._loss_denominator = 1.0
         logger.info(
-            "BARD: block_size=%d mask_token_id=%d prompt_attention=%s noise=%s loss=%s packing=%s",
-            self.block_size, self.mask_token_id, self.prompt_attention, self.bard.noise, self.bard.loss,
-            self.bard.packing,
+            "BARD: block_size=%d mask_token_id=%d prompt_attention=%s attention=%s noise=%s loss=%s packing=%s",
+            self.block_size, self.mask_token_id, self.prompt_attention, self.attention, self.bard.noise,
+            self.bard.loss, self.bard.packing,
         )
 
     def _substitute_ids(self, config: Any) -> torch.Tensor:
@@ -202,10 +261,12 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
             block_pad_weight=self.bard.loss.block_pad_weight,
         )
 
-    def build_model_inputs(self, batch: dict[str, Any], block_size: int) -> dict[str, Any]:
-        """Model kwargs on the device: ``input_ids [B,S]``, ``position_ids [3,B,S]``, mask ``[B,1,S,S]``, media.
+    def build_model_inputs(self, batch: dict[str, Any], block_size: int, with_mask: bool = True) -> dict[str, Any]:
+        """Model kwargs on the device: ``input_ids [B,S]``, ``position_ids [3,B,S]``, mask, media.
 
-        The mask is rebuilt from the layout for ``block_size`` (the SWD anchor passes 4).
+        The mask is rebuilt from the layout for ``block_size`` (the SWD anchor passes 4): a
+        ``BlockMask`` with ``bard.attention`` flex, else a ``[B,1,S,S]`` bool mask. A caller
+        that supplies its own mask passes ``with_mask=False``.
         """
         device = self._device()
         model = self.model_parts[0]
@@ -216,10 +277,12 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         inputs = {
             "input_ids": batch["input_ids"].to(device),
             "position_ids": layout_position_ids(batch, rope_fn).to(device),
-            "attention_mask": layout_attention_mask(
-                layout, block_size, causal_prompt=self.prompt_attention == "causal"
-            ),
         }
+        if with_mask:
+            inputs["attention_mask"] = layout_mask(
+                layout, block_size, causal_prompt=self.prompt_attention == "causal",
+                backend=getattr(self, "attention", "sdpa"),
+            )
         for key in _MODEL_INPUT_KEYS:
             if batch.get(key) is not None:
                 inputs[key] = batch[key].to(device)

@@ -5,6 +5,7 @@ bard:
   block_size: 4              # PBM stages override it
   mask_token_id: null        # default: the model config's mask_token_id
   prompt_attention: null     # block | causal; default: the model config's (block, D3)
+  attention: auto            # text attention: flex (BlockMask) | sdpa (dense bool mask) | auto (flex on CUDA)
   vision_lr_multiplier: 0.1  # vision tower LR = optimizer LR x this (needs lr_scheduler)
   noise: {schedule: mask, eps: 0.001}        # schedule: mask | mixed
   loss: {normalization: sample_mean, block_pad_weight: 0.5}   # or token_mean
@@ -35,6 +36,7 @@ __all__ = [
     "LossSettings",
     "PackingSettings",
     "BardSettings",
+    "ATTENTION_SETTINGS",
     "PBMStage",
     "PBMSettings",
     "check_top_level_keys",
@@ -53,6 +55,10 @@ AUTOMODEL_SECTIONS = frozenset(
     }
 )
 BARD_SECTIONS = frozenset({"bard", "pbm"})
+
+
+# bard.attention: `auto` is flex on CUDA and sdpa elsewhere (FlexAttention has no CPU backward).
+ATTENTION_SETTINGS = ("auto", "flex", "sdpa")
 
 
 class ConfigKeyError(ValueError):
@@ -129,6 +135,7 @@ class BardSettings:
     block_size: int = 4
     mask_token_id: int | None = None
     prompt_attention: Literal["block", "causal"] | None = None
+    attention: Literal["auto", "flex", "sdpa"] = "auto"
     vision_lr_multiplier: float = 1.0
     noise: NoiseSettings = field(default_factory=NoiseSettings)
     loss: LossSettings = field(default_factory=LossSettings)
@@ -140,6 +147,8 @@ class BardSettings:
             raise ValueError(f"bard.block_size must be a positive integer, got {self.block_size}")
         if self.prompt_attention not in (None, "block", "causal"):
             raise ValueError(f"bard.prompt_attention must be block or causal, got {self.prompt_attention!r}")
+        if self.attention not in ATTENTION_SETTINGS:
+            raise ValueError(f"bard.attention must be one of {', '.join(ATTENTION_SETTINGS)}, got {self.attention!r}")
         if self.vision_lr_multiplier <= 0:
             raise ValueError("bard.vision_lr_multiplier must be > 0")
 

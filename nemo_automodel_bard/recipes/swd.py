@@ -43,10 +43,10 @@ from nemo_automodel_bard.diffusion.distill import (
     teacher_topk,
     topk_kl_to_student,
 )
-from nemo_automodel_bard.diffusion.layout import layout_attention_mask
+from nemo_automodel_bard.diffusion.flex_masks import layout_mask
 from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
 from nemo_automodel_bard.diffusion.masks import block_diffusion_mask
-from nemo_automodel_bard.recipes.block_diffusion import BardDiffusionRecipe
+from nemo_automodel_bard.recipes.block_diffusion import BardDiffusionRecipe, use_text_attention
 from nemo_automodel_bard.recipes.config_check import plain_config
 from nemo_automodel_bard.recipes.swd_config import (
     DistillSettings,
@@ -137,6 +137,8 @@ class BardSWDRecipe(BardDiffusionRecipe):
         if settings.kind == "anchor":
             self.teacher_block_size = anchor_block_size(settings, teacher_config, self.block_size)
             self.teacher_causal_prompt = getattr(teacher_config, "prompt_attention", "block") == "causal"
+            # The anchor reads its own block-size mask in the student's form (BlockMask with flex).
+            use_text_attention(self.teacher_model, self.attention)
         else:
             self.teacher_block_size = 1
             self.teacher_causal_prompt = False
@@ -148,20 +150,28 @@ class BardSWDRecipe(BardDiffusionRecipe):
 
     # ------------------------------------------------------------------ teacher
     def teacher_inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """The student's model inputs with the teacher's mask (anchor block size, or AR causal)."""
-        inputs = self.build_model_inputs(batch, self.teacher_block_size)
+        """The student's model inputs with the teacher's mask (anchor block size, or AR causal).
+
+        The anchor gets the student's mask form (``bard.attention``); the AR teacher (stock
+        Qwen3-VL, which has no BlockMask path) always gets a dense bool causal mask.
+        """
         device = self.dist_env.device
         segment, offset, prompt_len, doc = (batch[k].to(device) for k in ("segment", "offset", "prompt_len", "doc"))
         if self.teacher_settings.kind == "ar":
+            inputs = self.build_model_inputs(batch, self.teacher_block_size, with_mask=False)
             # A bool mask: stock Qwen3-VL passes it to sdpa untouched, whatever its compute dtype.
             inputs["attention_mask"] = block_diffusion_mask(segment, ar_block_ids(segment, offset, prompt_len), doc)[
                 :, None
             ]
         elif self.teacher_causal_prompt != (self.prompt_attention == "causal"):
+            inputs = self.build_model_inputs(batch, self.teacher_block_size, with_mask=False)
             layout = {"segment": segment, "offset": offset, "prompt_len": prompt_len, "doc": doc}
-            inputs["attention_mask"] = layout_attention_mask(
-                layout, self.teacher_block_size, causal_prompt=self.teacher_causal_prompt
+            inputs["attention_mask"] = layout_mask(
+                layout, self.teacher_block_size, causal_prompt=self.teacher_causal_prompt,
+                backend=getattr(self, "attention", "sdpa"),
             )
+        else:
+            inputs = self.build_model_inputs(batch, self.teacher_block_size)
         return inputs
 
     @torch.no_grad()
