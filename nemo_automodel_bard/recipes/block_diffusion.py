@@ -53,6 +53,8 @@ _DATASET_TARGETS = (
 # Vision tower proper (patch embedding, position embedding, blocks); the mergers train at
 # the language LR (bard_spec.md section 5, parameter groups).
 VISION_TOWER_PATTERN = r"(^|\.)model\.visual\.(patch_embed|pos_embed|blocks)\."
+# Collator keys a YAML may set in dataloader.collate_fn (data/collate.bard_collate).
+_USER_COLLATE_KEYS = ("fake_images", "fake_videos")
 _MODEL_INPUT_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
 
@@ -79,13 +81,24 @@ def _wire_data(config: dict[str, Any], bard: BardSettings) -> None:
     """Our collator in the (validation) dataloader; block size and no pretokenization for our dataset."""
     loader = dict(config.get("dataloader") or {})
     user_collate = loader.get("collate_fn")
+    media = {}
     if user_collate is not None:
-        target = user_collate.get("_target_") if isinstance(user_collate, Mapping) else user_collate
+        target = user_collate.get("_target_", COLLATE_TARGET) if isinstance(user_collate, Mapping) else user_collate
         if target != COLLATE_TARGET:
             raise ConfigKeyError(
                 "dataloader.collate_fn: the recipe sets its own collator from `bard:` (packing in bard.packing)"
             )
+        if isinstance(user_collate, Mapping):
+            # Only the fake-media switches are the user's (FSDP2: the vision tower runs every micro-batch).
+            extra = sorted(set(user_collate) - {"_target_", *_USER_COLLATE_KEYS})
+            if extra:
+                raise ConfigKeyError(
+                    f"dataloader.collate_fn: key(s) {', '.join(extra)} are set by the recipe from `bard:`; "
+                    f"only {', '.join(_USER_COLLATE_KEYS)} may be given"
+                )
+            media = {k: bool(user_collate[k]) for k in _USER_COLLATE_KEYS if k in user_collate}
     collate = {
+        **media,
         "_target_": COLLATE_TARGET,
         "block_size": int(bard.block_size),
         "pack_size": bard.packing.pack_size,
@@ -254,7 +267,11 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         step = int(self.step_scheduler.step)
         batches = [self.apply_noise(b, self.noise_generator(step, i)) for i, b in enumerate(batches)]
         self._loss_denominator = self._denominator(batches)
-        return super()._run_train_optim_step(batches, max_grad_norm)
+        fake = self._dp_allreduce(torch.tensor(sum(int(b.get("num_fake_media", 0)) for b in batches)))
+        sample = super()._run_train_optim_step(batches, max_grad_norm)
+        # Micro-batches (summed over ranks) that ran the vision tower on a fake image/video only.
+        sample.metrics["fake_media"] = int(fake.item())
+        return sample
 
     def _forward_backward_step(
         self, idx, batch, *, loss_buffer, num_label_tokens, num_batches, is_train: bool = True
