@@ -50,6 +50,8 @@ __all__ = [
     "NON_MODEL_KEYS",
     "padded_response_length",
     "layout_length",
+    "max_layout_length",
+    "largest_max_length",
     "sample_layout",
     "pack_samples",
     "collate_layout",
@@ -91,6 +93,31 @@ def layout_length(prompt_len: int, response_len: int, block_size: int) -> int:
     return prompt_len + 2 * padded_response_length(response_len, block_size)
 
 
+def max_layout_length(max_length: int, block_size: int) -> int:
+    """The longest layout ``P + 2R`` (R block-padded) of a sample with ``P + R <= max_length``.
+
+    ``dataset.max_length`` bounds the sample as a user counts it (prompt with its vision
+    tokens, plus the response once); the noisy copy and the block padding make its layout
+    longer. The worst case is a one-token-past-a-block response: ``R = qB + 1`` pads to
+    ``(q + 1) B`` twice, so the bound is ``L - 1 + B (floor((L - 2) / B) + 2)`` (about 2L).
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must allow a prompt and a response token (>= 2), got {max_length}")
+    return max_length - 1 + block_size * ((max_length - 2) // block_size + 2)
+
+
+def largest_max_length(pack_size: int, block_size: int) -> int:
+    """The largest ``max_length`` whose every sample fits a row of ``pack_size`` tokens (0 if none)."""
+    low, high = 1, pack_size  # max_layout_length(L) > L, so the answer is below pack_size
+    while low < high:
+        mid = (low + high + 1) // 2
+        if max_layout_length(mid, block_size) <= pack_size:
+            low = mid
+        else:
+            high = mid - 1
+    return low if low >= 2 and max_layout_length(low, block_size) <= pack_size else 0
+
+
 def sample_layout(
     prompt_ids: torch.Tensor, response_ids: torch.Tensor, block_size: int, pad_token_id: int
 ) -> dict[str, torch.Tensor]:
@@ -128,8 +155,9 @@ def pack_samples(lengths: Sequence[int], pack_size: int | None) -> list[list[int
     too_long = [i for i, n in enumerate(lengths) if n > pack_size]
     if too_long:
         raise ValueError(
-            f"samples {too_long} have layout length {[lengths[i] for i in too_long]} > bard.packing.pack_size="
-            f"{pack_size}; set dataset.max_length <= pack_size"
+            f"samples {too_long} have layout length P + 2R {[lengths[i] for i in too_long]} > bard.packing.pack_size="
+            f"{pack_size}; dataset.max_length bounds P + R, so pack_size must be >= max_layout_length(max_length, "
+            f"block_size) (the recipe checks this for BardChatDataset)"
         )
     # greedy_knapsack logs progress at INFO; per micro-batch that floods the training log.
     knapsack_logger = logging.getLogger(neat_packing.__name__)

@@ -31,7 +31,13 @@ from nemo_automodel.components.loggers.metric_logger import MetricsSample
 from nemo_automodel.recipes.vlm.finetune import FinetuneRecipeForVLM
 
 from nemo_automodel_bard._cpu_shim import apply_cpu_shims
-from nemo_automodel_bard.diffusion.layout import apply_noise, layout_attention_mask, layout_position_ids
+from nemo_automodel_bard.diffusion.layout import (
+    apply_noise,
+    largest_max_length,
+    layout_attention_mask,
+    layout_position_ids,
+    max_layout_length,
+)
 from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
 from nemo_automodel_bard.diffusion.noise import substitute_vocabulary
 from nemo_automodel_bard.recipes.config_check import (
@@ -50,6 +56,7 @@ _DATASET_TARGETS = (
     "nemo_automodel_bard.data.dataset.build_chat_dataset",
     "nemo_automodel_bard.data.dataset.BardChatDataset",
 )
+_DEFAULT_MAX_LENGTH = 8192  # BardChatDataset's default
 # Vision tower proper (patch embedding, position embedding, blocks); the mergers train at
 # the language LR (bard_spec.md section 5, parameter groups).
 VISION_TOWER_PATTERN = r"(^|\.)model\.visual\.(patch_embed|pos_embed|blocks)\."
@@ -65,6 +72,7 @@ def prepare_config(config: Mapping[str, Any], extra_sections: frozenset[str] = f
     bard = BardSettings.from_mapping(config.get("bard"))
     config.pop("pbm", None)
     _wire_data(config, bard)
+    _check_lengths(config, bard)
     # nccl needs CUDA; `auto` (or nothing) picks the backend from the hardware.
     dist_env = dict(config.get("dist_env") or {})
     if dist_env.get("backend") in (None, "auto") or (dist_env["backend"] == "nccl" and not torch.cuda.is_available()):
@@ -112,6 +120,26 @@ def _wire_data(config: dict[str, Any], bard: BardSettings) -> None:
         if isinstance(node, Mapping) and node.get("_target_") in _DATASET_TARGETS:
             # AutoModel pretokenizes (next-token labels) whenever a dataset has max_length: not ours.
             config[section] = {**node, "block_size": int(bard.block_size), "pretokenize": False}
+
+
+def _check_lengths(config: dict[str, Any], bard: BardSettings) -> None:
+    """Refuse a pack size that cannot hold every sample ``dataset.max_length`` (a bound on P + R) allows."""
+    pack_size = bard.packing.pack_size
+    if pack_size is None:
+        return
+    for section in ("dataset", "validation_dataset"):
+        node = config.get(section)
+        if not (isinstance(node, Mapping) and node.get("_target_") in _DATASET_TARGETS):
+            continue
+        max_length = int(node.get("max_length", _DEFAULT_MAX_LENGTH))
+        need = max_layout_length(max_length, int(bard.block_size))
+        if pack_size < need:
+            raise ValueError(
+                f"bard.packing.pack_size={pack_size} cannot hold every sample {section}.max_length={max_length} "
+                f"allows: max_length bounds a sample's P + R and its training layout P + 2R (block size "
+                f"{bard.block_size}) takes up to {need} tokens; set pack_size >= {need} or max_length <= "
+                f"{largest_max_length(pack_size, int(bard.block_size))}"
+            )
 
 
 def _add_vision_lr_group(config: dict[str, Any], multiplier: float) -> None:
