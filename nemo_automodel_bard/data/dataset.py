@@ -11,11 +11,17 @@ Each item is tokenized through the Qwen3-VL processor and its chat template:
 
 Bad rows (unparseable, no assistant turn, missing or unreadable image or video) raise
 :class:`BadSampleError` naming ``file:line`` (``on_bad_sample: error``, the default), or are
-skipped and counted (``on_bad_sample: skip``). Samples whose layout ``P + 2R`` exceeds
-``max_length`` are truncated in the response (``too_long: truncate``; vision tokens are in
-the prompt and never cut) or dropped (``too_long: drop``); a prompt that leaves no room for
-one response block is always dropped. Skipped and dropped rows are replaced by the next good
-row (deterministically), so batch sizes stay fixed; counts go to the log.
+skipped and counted (``on_bad_sample: skip``).
+
+``max_length`` bounds a sample as a user counts it: ``P + R``, prompt (vision tokens
+included) plus response (through ``<|im_end|>``, before block padding). The noisy copy does
+not count against it: a sample within the limit is never cut because training doubles its
+response (the recipe checks that ``bard.packing.pack_size`` holds the resulting layout,
+``layout.max_layout_length``). A longer sample is truncated in the response
+(``too_long: truncate``; vision tokens are in the prompt and never cut) or dropped
+(``too_long: drop``, or when the prompt alone reaches ``max_length``), each with a
+warning naming the row and the running counts. Skipped and dropped rows are replaced by the
+next good row (deterministically), so batch sizes stay fixed.
 
 The processor and block size are bound by the recipe (:meth:`bind`) after AutoModel built the
 dataset: AutoModel hands a dataset factory only a tokenizer.
@@ -30,7 +36,6 @@ from typing import Any, Literal
 import torch
 
 from nemo_automodel_bard.data.chat import BadSampleError, ChatRow, check_row, load_image, load_video, read_rows
-from nemo_automodel_bard.diffusion.layout import layout_length, padded_response_length
 
 __all__ = ["BardChatDataset", "build_chat_dataset", "BadSampleError"]
 
@@ -67,7 +72,7 @@ class BardChatDataset(torch.utils.data.Dataset):
         path_or_dataset: a jsonl file, a ``save_to_disk`` folder, or a list of them.
         root_dir: folder image and video paths are relative to (default: each source's folder).
         split: split of a saved ``DatasetDict``.
-        max_length: bound on a sample's layout length ``P + 2R``.
+        max_length: bound on a sample's ``P + R`` (prompt with vision tokens + response).
         on_bad_sample: ``error`` (fail fast with file:line) or ``skip`` (count and move on).
         too_long: ``truncate`` (the response) or ``drop``.
         validate: check every row's structure and image/video files when the dataset is built.
@@ -92,6 +97,8 @@ class BardChatDataset(torch.utils.data.Dataset):
             raise ValueError(f"dataset.on_bad_sample must be 'error' or 'skip', got {on_bad_sample!r}")
         if too_long not in ("truncate", "drop"):
             raise ValueError(f"dataset.too_long must be 'truncate' or 'drop', got {too_long!r}")
+        if int(max_length) < 2:
+            raise ValueError(f"dataset.max_length must allow a prompt and a response token (>= 2), got {max_length}")
         self.max_length = int(max_length)
         self.on_bad_sample = on_bad_sample
         self.too_long = too_long
@@ -191,19 +198,23 @@ class BardChatDataset(torch.utils.data.Dataset):
         return sample
 
     def _fit(self, sample: dict[str, Any]) -> dict[str, Any] | None:
-        """Apply ``max_length``: the sample, a response-truncated copy, or None (drop)."""
+        """Apply ``max_length`` to ``P + R``: the sample, a response-truncated copy, or None (drop)."""
         prompt_len, response_len = sample["prompt_ids"].numel(), sample["response_ids"].numel()
-        if layout_length(prompt_len, response_len, self.block_size) <= self.max_length:
+        if prompt_len + response_len <= self.max_length:
             return sample
-        room = (self.max_length - prompt_len) // (2 * self.block_size) * self.block_size
-        if self.too_long == "drop" or room < self.block_size:
+        room = self.max_length - prompt_len
+        if self.too_long == "drop" or room < 1:
             self.stats["dropped: too long"] += 1
-            logger.warning("BardChatDataset: dropped %s (layout %d > max_length %d)", sample["source"],
-                           prompt_len + 2 * padded_response_length(response_len, self.block_size), self.max_length)
-            return None
-        self.stats["truncated"] += 1
-        logger.info("BardChatDataset: truncated the response of %s to %d tokens", sample["source"], room)
-        return {**sample, "response_ids": sample["response_ids"][:room]}
+            action = "dropped"
+        else:
+            self.stats["truncated"] += 1
+            action = f"truncated the response to {room} tokens:"
+        logger.warning(
+            "BardChatDataset max_length: %s %s (P %d + R %d > max_length %d); %d truncated, %d dropped so far",
+            action, sample["source"], prompt_len, response_len, self.max_length, self.stats["truncated"],
+            self.stats["dropped: too long"],
+        )
+        return None if action == "dropped" else {**sample, "response_ids": sample["response_ids"][:room]}
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         # A skipped/dropped row is replaced by the next one: fixed batch sizes, deterministic.

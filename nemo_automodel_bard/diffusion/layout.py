@@ -17,8 +17,10 @@ anchor's B=4) is rebuilt from it. Steps:
 Batch keys (``[B, S]`` unless noted): ``input_ids, labels, segment, offset, prompt_len,
 doc, response_len, block_pad, mm_token_type_ids``; ``samples [N, 4]`` (row, start,
 prompt_len, response_len); ``sample_num_images [N]``, ``sample_num_videos [N]``;
-``num_samples`` (int); ``pixel_values``/``image_grid_thw`` (and the ``_videos`` pair) in
-sample order; after noise also ``t, loss_mask, loss_weight``.
+``num_samples`` (int, real samples); ``num_fake_media`` (int: fake images/videos that only
+keep the vision tower running, listed in ``samples`` with response length 0);
+``pixel_values``/``image_grid_thw`` (and the ``_videos`` pair) in sample order; after noise
+also ``t, loss_mask, loss_weight``.
 """
 
 from __future__ import annotations
@@ -48,6 +50,8 @@ __all__ = [
     "NON_MODEL_KEYS",
     "padded_response_length",
     "layout_length",
+    "max_layout_length",
+    "largest_max_length",
     "sample_layout",
     "pack_samples",
     "collate_layout",
@@ -70,6 +74,7 @@ NON_MODEL_KEYS = (
     "sample_num_images",
     "sample_num_videos",
     "num_samples",
+    "num_fake_media",
     "t",
     "loss_mask",
     "loss_weight",
@@ -86,6 +91,31 @@ def padded_response_length(response_len: int, block_size: int) -> int:
 def layout_length(prompt_len: int, response_len: int, block_size: int) -> int:
     """Tokens one sample occupies in a row: ``P + 2R``."""
     return prompt_len + 2 * padded_response_length(response_len, block_size)
+
+
+def max_layout_length(max_length: int, block_size: int) -> int:
+    """The longest layout ``P + 2R`` (R block-padded) of a sample with ``P + R <= max_length``.
+
+    ``dataset.max_length`` bounds the sample as a user counts it (prompt with its vision
+    tokens, plus the response once); the noisy copy and the block padding make its layout
+    longer. The worst case is a one-token-past-a-block response: ``R = qB + 1`` pads to
+    ``(q + 1) B`` twice, so the bound is ``L - 1 + B (floor((L - 2) / B) + 2)`` (about 2L).
+    """
+    if max_length < 2:
+        raise ValueError(f"max_length must allow a prompt and a response token (>= 2), got {max_length}")
+    return max_length - 1 + block_size * ((max_length - 2) // block_size + 2)
+
+
+def largest_max_length(pack_size: int, block_size: int) -> int:
+    """The largest ``max_length`` whose every sample fits a row of ``pack_size`` tokens (0 if none)."""
+    low, high = 1, pack_size  # max_layout_length(L) > L, so the answer is below pack_size
+    while low < high:
+        mid = (low + high + 1) // 2
+        if max_layout_length(mid, block_size) <= pack_size:
+            low = mid
+        else:
+            high = mid - 1
+    return low if low >= 2 and max_layout_length(low, block_size) <= pack_size else 0
 
 
 def sample_layout(
@@ -125,8 +155,9 @@ def pack_samples(lengths: Sequence[int], pack_size: int | None) -> list[list[int
     too_long = [i for i, n in enumerate(lengths) if n > pack_size]
     if too_long:
         raise ValueError(
-            f"samples {too_long} have layout length {[lengths[i] for i in too_long]} > bard.packing.pack_size="
-            f"{pack_size}; set dataset.max_length <= pack_size"
+            f"samples {too_long} have layout length P + 2R {[lengths[i] for i in too_long]} > bard.packing.pack_size="
+            f"{pack_size}; dataset.max_length bounds P + R, so pack_size must be >= max_layout_length(max_length, "
+            f"block_size) (the recipe checks this for BardChatDataset)"
         )
     # greedy_knapsack logs progress at INFO; per micro-batch that floods the training log.
     knapsack_logger = logging.getLogger(neat_packing.__name__)
@@ -144,6 +175,30 @@ def _cat_media(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
     return torch.cat(present) if present else None
 
 
+def _fake_layout(sample: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """A fake media item's tokens as a prompt-only layout (no response, no loss)."""
+    ids = sample["prompt_ids"].long()
+    n = int(ids.numel())
+    return {
+        "input_ids": ids,
+        "labels": torch.full((n,), IGNORE_INDEX, dtype=torch.long),
+        "segment": torch.full((n,), PREFIX),
+        "offset": torch.arange(n),
+        "block_pad": torch.zeros(n, dtype=torch.bool),
+    }
+
+
+def _place_fake_media(used: list[int], width: int, sizes: Sequence[int]) -> tuple[list[int], int]:
+    """Row of each fake item: the row with the most room left; the rows widen only if none has room."""
+    rows = []
+    for n in sizes:
+        row = min(range(len(used)), key=lambda r: (used[r], r))
+        rows.append(row)
+        used[row] += n
+        width = max(width, used[row])
+    return rows, width
+
+
 def collate_layout(
     samples: Sequence[dict[str, Any]],
     *,
@@ -151,6 +206,7 @@ def collate_layout(
     pad_token_id: int,
     pack_size: int | None = None,
     pad_to_multiple_of: int = 1,
+    fake_media: Sequence[dict[str, Any]] = (),
 ) -> dict[str, Any]:
     """Pack tokenized samples into ``[prompt | clean | noisy]`` rows (see module docstring).
 
@@ -160,10 +216,21 @@ def collate_layout(
             ``pixel_values_videos``, ``video_grid_thw``.
         pack_size: row capacity in tokens; None puts each sample on its own row.
         pad_to_multiple_of: rows are right-padded to a multiple of this.
+        fake_media: prompt-only items (``prompt_ids``, ``mm_token_type_ids`` and media, no
+            response) that only make the vision tower run (``data/collate.fake_media_sample``).
+            Each becomes its own packed sample (own ``doc``, so no real token attends it nor
+            it a real token) at the end of the row with the most room, with no loss
+            position; ``num_samples`` does not count it. The row widens only if no row has room.
     """
     layouts = [sample_layout(s["prompt_ids"], s["response_ids"], block_size, pad_token_id) for s in samples]
     rows = pack_samples([int(l["input_ids"].numel()) for l in layouts], pack_size)
-    width = max(sum(int(layouts[i]["input_ids"].numel()) for i in row) for row in rows)
+    used = [sum(int(layouts[i]["input_ids"].numel()) for i in row) for row in rows]
+    width = max(used)
+    fake_rows, width = _place_fake_media(used, width, [int(f["prompt_ids"].numel()) for f in fake_media])
+    for k, (fake, row) in enumerate(zip(fake_media, fake_rows)):
+        layouts.append(_fake_layout(fake))
+        rows[row].append(len(samples) + k)
+    items = list(samples) + list(fake_media)
     width = math.ceil(width / pad_to_multiple_of) * pad_to_multiple_of
 
     shape = (len(rows), width)
@@ -182,7 +249,7 @@ def collate_layout(
     for r, row in enumerate(rows):
         start = 0
         for doc, i in enumerate(row):
-            layout, sample = layouts[i], samples[i]
+            layout, sample = layouts[i], items[i]
             n = int(layout["input_ids"].numel())
             prompt_len = int(sample["prompt_ids"].numel())
             span = slice(start, start + n)
@@ -199,11 +266,12 @@ def collate_layout(
             start += n
     batch["samples"] = torch.tensor(table, dtype=torch.long).reshape(-1, 4)
     batch["num_samples"] = len(samples)
+    batch["num_fake_media"] = len(fake_media)
     for pixels, grid, count in _MEDIA:
-        grids = [samples[i].get(grid) for i in order]
+        grids = [items[i].get(grid) for i in order]
         batch[count] = torch.tensor([0 if g is None else int(g.shape[0]) for g in grids], dtype=torch.long)
         batch[grid] = _cat_media(grids)
-        batch[pixels] = _cat_media([samples[i].get(pixels) for i in order])
+        batch[pixels] = _cat_media([items[i].get(pixels) for i in order])
     return batch
 
 
@@ -228,6 +296,8 @@ def apply_noise(
     segment = batch["segment"]
     t = torch.zeros(segment.shape, dtype=torch.float32)
     for row, start, prompt_len, response_len in batch["samples"].tolist():
+        if response_len == 0:  # a fake media item: nothing to corrupt
+            continue
         times = sample_block_times(response_len // block_size, eps, generator)
         noisy = slice(start + prompt_len + response_len, start + prompt_len + 2 * response_len)
         t[row, noisy] = times.repeat_interleave(block_size)

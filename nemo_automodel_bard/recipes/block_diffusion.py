@@ -33,7 +33,12 @@ from nemo_automodel.recipes.vlm.finetune import FinetuneRecipeForVLM
 
 from nemo_automodel_bard._cpu_shim import apply_cpu_shims
 from nemo_automodel_bard.diffusion.flex_masks import layout_mask
-from nemo_automodel_bard.diffusion.layout import apply_noise, layout_position_ids
+from nemo_automodel_bard.diffusion.layout import (
+    apply_noise,
+    largest_max_length,
+    layout_position_ids,
+    max_layout_length,
+)
 from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
 from nemo_automodel_bard.diffusion.noise import substitute_vocabulary
 from nemo_automodel_bard.recipes.config_check import (
@@ -59,9 +64,12 @@ _DATASET_TARGETS = (
     "nemo_automodel_bard.data.dataset.build_chat_dataset",
     "nemo_automodel_bard.data.dataset.BardChatDataset",
 )
+_DEFAULT_MAX_LENGTH = 8192  # BardChatDataset's default
 # Vision tower proper (patch embedding, position embedding, blocks); the mergers train at
 # the language LR (bard_spec.md section 5, parameter groups).
 VISION_TOWER_PATTERN = r"(^|\.)model\.visual\.(patch_embed|pos_embed|blocks)\."
+# Collator keys a YAML may set in dataloader.collate_fn (data/collate.bard_collate).
+_USER_COLLATE_KEYS = ("fake_images", "fake_videos")
 _MODEL_INPUT_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw")
 
 
@@ -73,6 +81,7 @@ def prepare_config(config: Mapping[str, Any], extra_sections: frozenset[str] = f
     _check_model_attention(config)
     config.pop("pbm", None)
     _wire_data(config, bard)
+    _check_lengths(config, bard)
     # nccl needs CUDA; `auto` (or nothing) picks the backend from the hardware.
     dist_env = dict(config.get("dist_env") or {})
     if dist_env.get("backend") in (None, "auto") or (dist_env["backend"] == "nccl" and not torch.cuda.is_available()):
@@ -136,13 +145,24 @@ def _wire_data(config: dict[str, Any], bard: BardSettings) -> None:
     """Our collator in the (validation) dataloader; block size and no pretokenization for our dataset."""
     loader = dict(config.get("dataloader") or {})
     user_collate = loader.get("collate_fn")
+    media = {}
     if user_collate is not None:
-        target = user_collate.get("_target_") if isinstance(user_collate, Mapping) else user_collate
+        target = user_collate.get("_target_", COLLATE_TARGET) if isinstance(user_collate, Mapping) else user_collate
         if target != COLLATE_TARGET:
             raise ConfigKeyError(
                 "dataloader.collate_fn: the recipe sets its own collator from `bard:` (packing in bard.packing)"
             )
+        if isinstance(user_collate, Mapping):
+            # Only the fake-media switches are the user's (FSDP2: the vision tower runs every micro-batch).
+            extra = sorted(set(user_collate) - {"_target_", *_USER_COLLATE_KEYS})
+            if extra:
+                raise ConfigKeyError(
+                    f"dataloader.collate_fn: key(s) {', '.join(extra)} are set by the recipe from `bard:`; "
+                    f"only {', '.join(_USER_COLLATE_KEYS)} may be given"
+                )
+            media = {k: bool(user_collate[k]) for k in _USER_COLLATE_KEYS if k in user_collate}
     collate = {
+        **media,
         "_target_": COLLATE_TARGET,
         "block_size": int(bard.block_size),
         "pack_size": bard.packing.pack_size,
@@ -156,6 +176,26 @@ def _wire_data(config: dict[str, Any], bard: BardSettings) -> None:
         if isinstance(node, Mapping) and node.get("_target_") in _DATASET_TARGETS:
             # AutoModel pretokenizes (next-token labels) whenever a dataset has max_length: not ours.
             config[section] = {**node, "block_size": int(bard.block_size), "pretokenize": False}
+
+
+def _check_lengths(config: dict[str, Any], bard: BardSettings) -> None:
+    """Refuse a pack size that cannot hold every sample ``dataset.max_length`` (a bound on P + R) allows."""
+    pack_size = bard.packing.pack_size
+    if pack_size is None:
+        return
+    for section in ("dataset", "validation_dataset"):
+        node = config.get(section)
+        if not (isinstance(node, Mapping) and node.get("_target_") in _DATASET_TARGETS):
+            continue
+        max_length = int(node.get("max_length", _DEFAULT_MAX_LENGTH))
+        need = max_layout_length(max_length, int(bard.block_size))
+        if pack_size < need:
+            raise ValueError(
+                f"bard.packing.pack_size={pack_size} cannot hold every sample {section}.max_length={max_length} "
+                f"allows: max_length bounds a sample's P + R and its training layout P + 2R (block size "
+                f"{bard.block_size}) takes up to {need} tokens; set pack_size >= {need} or max_length <= "
+                f"{largest_max_length(pack_size, int(bard.block_size))}"
+            )
 
 
 def _add_vision_lr_group(config: dict[str, Any], multiplier: float) -> None:
@@ -317,7 +357,11 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         step = int(self.step_scheduler.step)
         batches = [self.apply_noise(b, self.noise_generator(step, i)) for i, b in enumerate(batches)]
         self._loss_denominator = self._denominator(batches)
-        return super()._run_train_optim_step(batches, max_grad_norm)
+        fake = self._dp_allreduce(torch.tensor(sum(int(b.get("num_fake_media", 0)) for b in batches)))
+        sample = super()._run_train_optim_step(batches, max_grad_norm)
+        # Micro-batches (summed over ranks) that ran the vision tower on a fake image/video only.
+        sample.metrics["fake_media"] = int(fake.item())
+        return sample
 
     def _forward_backward_step(
         self, idx, batch, *, loss_buffer, num_label_tokens, num_batches, is_train: bool = True

@@ -111,19 +111,31 @@ def test_unreadable_image_errors_or_skips_at_read_time(tmp_path, processor):
     assert skipping.stats["skipped: unreadable image"] == 1
 
 
-def test_too_long_is_truncated_in_the_response_or_dropped(tmp_path, processor):
+def test_max_length_bounds_prompt_plus_response_not_the_doubled_layout(tmp_path, processor, caplog):
     long_answer = "x" * 60
     path = _write(tmp_path, [_row(answer=long_answer), _row(answer="ok")])
     full = BardChatDataset(path, processor=processor, block_size=4)[0]
-    prompt_len = full["prompt_ids"].numel()
-    limit = prompt_len + 2 * 16
+    prompt_len, response_len = full["prompt_ids"].numel(), full["response_ids"].numel()
+    # Exactly P + R: kept whole, although its layout P + 2R is almost twice the limit.
+    exact = BardChatDataset(path, processor=processor, block_size=4, max_length=prompt_len + response_len)
+    assert torch.equal(exact[0]["response_ids"], full["response_ids"]) and not exact.stats
+    # One token over: truncated in the response only, with a named, counted warning.
+    limit = prompt_len + response_len - 1
     truncated = BardChatDataset(path, processor=processor, block_size=4, max_length=limit)
-    sample = truncated[0]
+    with caplog.at_level("WARNING"):
+        sample = truncated[0]
     assert torch.equal(sample["prompt_ids"], full["prompt_ids"])  # vision tokens untouched
-    assert sample["response_ids"].numel() == 16 and truncated.stats["truncated"] == 1
+    assert torch.equal(sample["response_ids"], full["response_ids"][: response_len - 1])
+    assert truncated.stats["truncated"] == 1
+    assert "max_length: truncated the response" in caplog.text and "1 truncated, 0 dropped so far" in caplog.text
     dropping = BardChatDataset(path, processor=processor, block_size=4, max_length=limit, too_long="drop")
-    assert _decode(processor, dropping[0]["response_ids"]) == "ok<|im_end|>"
+    assert _decode(processor, dropping[0]["response_ids"]) == "ok<|im_end|>"  # replaced by the next row
     assert dropping.stats["dropped: too long"] == 1
+    # A prompt that alone reaches the limit cannot be truncated: dropped.
+    no_room = BardChatDataset(path, processor=processor, block_size=4, max_length=prompt_len)
+    with pytest.raises(RuntimeError, match="every row was skipped or dropped"):
+        no_room[0]
+    assert no_room.stats["dropped: too long"] == 2 and not no_room.stats["truncated"]
 
 
 def test_collate_packs_dataset_items(tmp_path, processor):

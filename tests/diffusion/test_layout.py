@@ -176,3 +176,18 @@ def test_packed_sample_logits_equal_the_sample_alone(processor):
     for s, (row, start, p, r) in enumerate(packed["samples"].tolist()):
         n = p + 2 * r
         assert torch.allclose(packed_logits[row, start : start + n], alone_logits[s, :n], atol=1e-4)
+
+
+@pytest.mark.parametrize("block_size", [1, 2, 4, 32])
+def test_max_layout_length_is_the_brute_force_worst_case(block_size):
+    from nemo_automodel_bard.diffusion.layout import largest_max_length, layout_length, max_layout_length
+
+    for max_length in (2, 3, 7, 64, 257, 1000):
+        worst = max(layout_length(max_length - r, r, block_size) for r in range(1, max_length))
+        assert max_layout_length(max_length, block_size) == worst
+    for pack_size in (16, 100, 8192):
+        best = largest_max_length(pack_size, block_size)
+        if best == 0:  # not even a 1-token prompt and a 1-token response fit
+            assert max_layout_length(2, block_size) > pack_size
+        else:
+            assert max_layout_length(best, block_size) <= pack_size < max_layout_length(best + 1, block_size)

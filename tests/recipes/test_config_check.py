@@ -131,3 +131,25 @@ def test_vision_tower_learning_rate_is_scaled_by_the_scheduler():
     language = group_of[id(params["model.language_model.layers.0.mlp.up_proj.weight"])]
     assert merger is language and vision is not language
     assert vision["lr"] == pytest.approx(0.1 * language["lr"]) and language["lr"] > 0
+
+
+def test_pack_size_must_hold_every_sample_max_length_allows():
+    # Tiny YAML: max_length 240 (P + R), block 4 -> layouts up to 499 tokens, pack 512: accepted.
+    prepare_config(_tiny_yaml())
+    config = _tiny_yaml()
+    config["dataset"]["max_length"] = 256  # layouts up to 515 tokens at block 4
+    with pytest.raises(ValueError, match=r"pack_size=512 cannot hold .* up to 515 tokens; set pack_size >= 515 or "
+                                         r"max_length <= 253"):
+        prepare_config(config)
+    config["bard"]["packing"]["pack_size"] = None  # one sample per row: rows grow with the sample
+    prepare_config(config)
+
+
+def test_only_the_fake_media_switches_of_the_collator_are_the_users():
+    config = _tiny_yaml()
+    config["dataloader"]["collate_fn"] = {"fake_videos": True}
+    collate = prepare_config(config)["dataloader"]["collate_fn"]
+    assert collate["fake_videos"] is True and collate["_target_"] == COLLATE_TARGET
+    config["dataloader"]["collate_fn"] = {"_target_": COLLATE_TARGET, "pack_size": 64}
+    with pytest.raises(ConfigKeyError, match="pack_size are set by the recipe"):
+        prepare_config(config)
