@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from nemo_automodel_bard.generation.sampling import REMASKING_STRATEGIES
-from nemo_automodel_bard.models.bard_vl.configuration import DEFAULT_EOS_TOKEN_ID
+from nemo_automodel_bard.models.bard_vl.configuration import DEFAULT_EOS_TOKEN_ID, PROMPT_ATTENTION_CHOICES
 
 __all__ = ["DecodeOptions", "resolve_options", "check_prompt"]
 
@@ -65,8 +65,24 @@ def resolve_options(
     confidence_threshold,
     mask_token_id,
     eos_token_id,
+    prompt_attention=None,
 ) -> DecodeOptions:
-    """Check every argument; raise ValueError naming it and its allowed values."""
+    """Check every argument; raise ValueError naming it and its allowed values.
+
+    ``block_size`` and ``prompt_attention`` default (None) to the checkpoint's config, the
+    values it was trained with; ``denoising_steps`` defaults to ``block_size`` (one token per
+    step at most for the static strategy).
+    """
+    if block_size is None:
+        block_size = getattr(model.config, "block_size", None)
+        if block_size is None:
+            raise ValueError("block_size is not set: the config has no block_size; pass generate(block_size=...)")
+    if denoising_steps is None:
+        denoising_steps = block_size
+    if prompt_attention is None:
+        prompt_attention = getattr(model.config, "prompt_attention", "block")
+    if prompt_attention not in PROMPT_ATTENTION_CHOICES:
+        raise ValueError(f"prompt_attention must be one of {PROMPT_ATTENTION_CHOICES}, got {prompt_attention!r}")
     _positive_int("max_new_tokens", max_new_tokens)
     _positive_int("block_size", block_size)
     _positive_int("denoising_steps", denoising_steps)
@@ -115,7 +131,7 @@ def resolve_options(
         mask_token_id=mask_id,
         eos_token_ids=eos,
         banned_token_ids=tuple(banned),
-        causal_prompt=getattr(model.config, "prompt_attention", "block") == "causal",
+        causal_prompt=prompt_attention == "causal",
     )
 
 

@@ -256,3 +256,96 @@ def test_block_stops_once_the_output_is_final(model, batch, monkeypatch, strateg
     assert stats.num_tokens == full_stats.num_tokens
     assert all(a <= b for a, b in zip(stats.num_forwards, full_stats.num_forwards))
     assert stats.num_forwards[0] < full_stats.num_forwards[0]
+
+
+@pytest.mark.parametrize("block_size, steps", [(2, 2), (8, 4)])
+@pytest.mark.parametrize("strategy, threshold", [("low_confidence_static", 0.5), ("low_confidence_dynamic", 0.02)])
+def test_padded_mixed_batch_cached_equals_uncached(model, batch, block_size, steps, strategy, threshold):
+    """Left-padded batch mixing text-only and image prompts: the static cache, the fused commit
+    and the masked steady steps against the uncached reference."""
+    kw = dict(max_new_tokens=13, block_size=block_size, denoising_steps=steps, remasking_strategy=strategy,
+              confidence_threshold=threshold)
+    cached, cached_stats = _run(model, batch, **kw)
+    uncached, uncached_stats = _run(model, batch, use_cache=False, **kw)
+    assert torch.equal(cached, uncached)
+    assert cached_stats.block_steps == uncached_stats.block_steps
+    assert cached_stats.tokens_per_forward == uncached_stats.tokens_per_forward
+
+
+def _count_syncs(model, batch, n_blocks, strategy):
+    from nemo_automodel_bard.generation.syncs import HostSyncCounter
+
+    with HostSyncCounter() as counter:
+        _, stats = _run(model, batch, max_new_tokens=4 * n_blocks, block_size=4, denoising_steps=4,
+                        remasking_strategy=strategy, confidence_threshold=0.02, eos_token_id=TINY_IDS["vision_end"])
+    assert stats.num_tokens == [4 * n_blocks] * len(stats.num_tokens)  # every block decoded (no EOS)
+    return counter.total, stats.batch_forwards
+
+
+def test_static_decoding_reads_the_device_once_per_block(model, batch):
+    """Setup (prompt checks, mRoPE, vision) costs a constant; each further block exactly one read."""
+    few, few_forwards = _count_syncs(model, batch, 2, "low_confidence_static")
+    many, many_forwards = _count_syncs(model, batch, 6, "low_confidence_static")
+    assert many_forwards - few_forwards == 16  # 4 more blocks x 4 steps: no sync among them
+    assert many - few == 4
+
+
+def test_dynamic_decoding_reads_once_per_step(model, batch):
+    few, few_forwards = _count_syncs(model, batch, 2, "low_confidence_dynamic")
+    many, many_forwards = _count_syncs(model, batch, 6, "low_confidence_dynamic")
+    extra_steps = many_forwards - few_forwards
+    # one "any row still working?" flag per step (plus the final one that ends each block) and one read per block
+    assert many - few <= extra_steps + 2 * 4
+
+
+def test_steady_step_passes_no_mask_without_padding(model, processor, batch, monkeypatch):
+    """Unpadded rows: only the prefill and fused-commit forwards carry a mask (so SDPA may use
+    flash and GQA needs no K/V repeat); padded rows need one every step."""
+    masks = []
+    original = type(model).forward
+
+    def spy(self, *args, **kwargs):
+        masks.append(kwargs.get("attention_mask") is None)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(model), "forward", spy)
+    _run(model, chat_batch(processor, ["describe it"]), max_new_tokens=8, block_size=4, denoising_steps=4,
+         remasking_strategy="low_confidence_static")
+    assert masks == [False, True, True, True, False, True, True, True]
+    masks.clear()
+    _run(model, batch, max_new_tokens=8, block_size=4, denoising_steps=4, remasking_strategy="low_confidence_static")
+    assert masks == [False] * 8
+
+
+def test_compiled_steps_match_eager(model, batch):
+    """The fused-commit and steady steps trace as single graphs (fullgraph: no data-dependent
+    Python inside) over the fixed-shape cache view, and decode exactly as eager."""
+    kw = dict(max_new_tokens=10, block_size=4, denoising_steps=4, remasking_strategy="low_confidence_dynamic",
+              confidence_threshold=0.02)
+    eager, eager_stats = _run(model, batch, **kw)
+    compiled, compiled_stats = _run(model, batch, compile={"backend": "eager", "fullgraph": True}, **kw)
+    assert torch.equal(eager, compiled)
+    assert eager_stats.tokens_per_forward == compiled_stats.tokens_per_forward
+
+
+@pytest.mark.slow
+def test_inductor_compiled_decode_matches_eager(model, batch):
+    """generate(compile=True) with inductor on CPU (minutes of compilation on a small machine)."""
+    kw = dict(max_new_tokens=10, block_size=4, denoising_steps=4, remasking_strategy="low_confidence_static")
+    eager, _ = _run(model, batch, **kw)
+    compiled, _ = _run(model, batch, compile=True, **kw)
+    assert torch.equal(eager, compiled)
+
+
+def test_block_size_and_prompt_attention_default_to_the_config(processor, batch):
+    causal = tiny_model(block_size=2, prompt_attention="causal")
+    block = tiny_model(block_size=2, prompt_attention="block")
+    kw = dict(max_new_tokens=6, denoising_steps=2, eos_token_id=TINY_IDS["eos"], return_step_stats=True)
+    out, stats = block_generate(causal, batch, **kw)
+    assert all(len(s) == 3 for s in stats.block_steps)  # block 2 from the config: 3 blocks of 6 tokens
+    explicit, _ = block_generate(block, batch, prompt_attention="causal", block_size=2, **kw)
+    assert torch.equal(out, explicit)  # same weights (seed 0): the override picks the causal prompt
+    default_block, _ = block_generate(block, batch, **kw)
+    assert not torch.equal(default_block, out)  # and the prompt mode matters on these prompts
+    with pytest.raises(ValueError, match="prompt_attention"):
+        block_generate(block, batch, prompt_attention="full", **kw)

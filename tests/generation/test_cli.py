@@ -30,3 +30,24 @@ def test_example_script_runs(capsys):
     example = runpy.run_path(str(ROOT / "examples" / "generate.py"))
     assert example["main"](["--max-new-tokens", "4", "--block-size", "4", "--denoising-steps", "4"]) == 0
     assert '"total_forwards": 4' in capsys.readouterr().out
+
+
+def test_bard_generate_takes_block_size_from_the_checkpoint(tmp_path, capsys):
+    model_dir = save_tiny_checkpoint(tmp_path / "ckpt", block_size=2)
+    args = ["generate", "--model", str(model_dir), "--prompt", "hi", "--max-new-tokens", "6",
+            "--remasking-strategy", "low_confidence_static", "--stats"]
+    assert bard_main(args) == 0
+    stats = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    # block 2 from config.json, denoising steps = block size: every block 2 forwards (EOS may end early)
+    assert all(steps == 2 for steps in stats["block_steps"][0][:-1]) and stats["block_steps"][0][-1] <= 2
+    assert stats["total_forwards"] == sum(stats["block_steps"][0]) and len(stats["block_steps"][0]) <= 3
+
+
+def test_dtype_auto():
+    import torch
+
+    from nemo_automodel_bard.generation.cli import resolve_dtype
+
+    assert resolve_dtype("auto", "cpu") == torch.float32
+    assert resolve_dtype("auto", "cuda:0") == torch.bfloat16
+    assert resolve_dtype("float16", "cpu") == torch.float16

@@ -73,6 +73,9 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
             layer.self_attn.is_causal = False
         # transformers asks each sub-model in turn: the text model is the one that runs flex.
         self.model.language_model._supports_flex_attn = True
+        # With no mask, transformers then builds none either (bidirectional, not causal): the
+        # decoder's steady step over an exact ``BlockKVCache`` view relies on it (sdpa flash, GQA).
+        self.model.language_model.config.is_causal = False
 
     def set_text_attention(self, implementation: str) -> None:
         """Run the text layers with ``implementation`` (``sdpa``, ``eager`` or ``flex_attention``).
@@ -141,9 +144,16 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
     def _text_attn_implementation(self) -> str:
         return self.model.language_model.config._attn_implementation or "eager"
 
-    def _prepare_mask(self, attention_mask: Any, q_len: int, kv_len: int, dtype: torch.dtype) -> Any:
+    def _prepare_mask(
+        self, attention_mask: Any, q_len: int, kv_len: int, dtype: torch.dtype, cache: Any = None
+    ) -> Any:
         """Validate the block-diffusion mask and bring it into the form sdpa and eager agree on."""
         impl = self._text_attn_implementation()
+        block_cache = getattr(cache, "is_block_kv_cache", False)
+        if attention_mask is None and block_cache and impl in MASK_ATTENTION_IMPLEMENTATIONS:
+            # Decoding step whose queries see every key of the cache's view (a noisy block of
+            # an unpadded batch): no mask for the kernel to read.
+            return None
         if isinstance(attention_mask, BlockMask):
             if impl != "flex_attention":
                 raise ValueError(
@@ -177,7 +187,7 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         if attention_mask.shape[1] != 1 or attention_mask.shape[2] != q_len or attention_mask.shape[3] != kv_len:
             raise ValueError(
                 f"attention_mask shape {tuple(attention_mask.shape)} does not match [B, 1, Q={q_len}, K={kv_len}] "
-                "(K = cached tokens + Q)"
+                "(K = cached tokens + Q, or the BlockKVCache window's view)"
             )
         if impl == "sdpa":
             # sdpa takes a bool mask whatever the compute dtype. A float mask must match the query
@@ -240,9 +250,10 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
                 "with a 4-D block-diffusion mask the model cannot infer them"
             )
         q_len = (input_ids if input_ids is not None else inputs_embeds).shape[1]
-        cached = past_key_values.get_seq_length() if past_key_values is not None else 0
+        # Keys the attention reads: cached + Q for a DynamicCache, the window's view for a BlockKVCache.
+        kv_len = past_key_values.get_mask_sizes(q_len, 0)[0] if past_key_values is not None else q_len
         dtype = self.lm_head.weight.dtype if inputs_embeds is None else inputs_embeds.dtype
-        attention_mask = self._prepare_mask(attention_mask, q_len, cached + q_len, dtype)
+        attention_mask = self._prepare_mask(attention_mask, q_len, kv_len, dtype, past_key_values)
 
         outputs = self.model(
             input_ids=input_ids,
@@ -272,8 +283,8 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         self,
         batch: Any,
         max_new_tokens: int,
-        block_size: int = 8,
-        denoising_steps: int = 8,
+        block_size: int | None = None,
+        denoising_steps: int | None = None,
         temperature: float = 0.0,
         top_k: int = 0,
         top_p: float = 1.0,
@@ -285,8 +296,13 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         eos_token_id: int | list[int] | None = None,
         generator: torch.Generator | None = None,
         streamer: Any = None,
+        prompt_attention: str | None = None,
+        compile: bool | dict = False,
     ):
         """Exact-cache, batched block-diffusion decoding; see ``nemo_automodel_bard.generation.block_decode``.
+
+        ``block_size`` and ``prompt_attention`` default to the checkpoint's config,
+        ``denoising_steps`` to ``block_size``; ``compile=True`` compiles the denoising steps.
 
         Returns:
             ``LongTensor [B, T]`` response ids (truncated after each sample's EOS, padded with
@@ -310,6 +326,8 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
             eos_token_id=eos_token_id,
             generator=generator,
             streamer=streamer,
+            prompt_attention=prompt_attention,
+            compile=compile,
         )
 
 
