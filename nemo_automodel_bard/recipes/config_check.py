@@ -134,6 +134,7 @@ class BardSettings:
     loss: LossSettings = field(default_factory=LossSettings)
     packing: PackingSettings = field(default_factory=PackingSettings)
     seed: int | None = None
+    trust_checkpoint_dir: bool = False  # resume a folder without our run id (recipes/run_guard.py)
 
     def __post_init__(self) -> None:
         if int(self.block_size) <= 0:
