@@ -269,7 +269,9 @@ class BardPBMRecipe:
                         max_steps, directory)
             recipe = self._run(stage_config(self.config, index, stage, previous))
             scheduler = recipe.step_scheduler
-            if scheduler.sigterm_flag:  # AutoModel saved a checkpoint and returned: not finished
+            # AutoModel returns normally after a preemption signal (having saved a checkpoint): that
+            # stage is finished only if it got to max_steps anyway.
+            if scheduler.sigterm_flag and scheduler.step < scheduler.max_steps:
                 _say(f"PBM stage {index} (block {stage.block_size}) stopped by a preemption signal at step "
                      f"{scheduler.step} of {max_steps}; run the same command again to resume it.")
                 return
