@@ -10,6 +10,7 @@ bard:
   loss: {normalization: sample_mean, block_pad_weight: 0.5}   # or token_mean
   packing: {pack_size: null, pad_to_multiple_of: 1}
   seed: null                 # noise seed; default: the top-level seed
+  trust_checkpoint_dir: false  # resume a folder without our run id (recipes/run_guard.py)
 pbm:
   stages:
     - {block_size: 4, max_steps: 1000}
