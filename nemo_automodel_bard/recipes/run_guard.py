@@ -62,16 +62,23 @@ def on_rank0(operation: Callable[[], Any]) -> Any:
     """Run ``operation`` on global rank 0 only and give every rank its result (or its error)."""
     distributed = dist.is_available() and dist.is_initialized()
     outcome: list[Any] = [None]
+    failure: BaseException | None = None
     if not distributed or dist.get_rank() == 0:
         try:
             outcome[0] = ("ok", operation())
-        except CheckpointDirError as exc:
-            outcome[0] = ("error", str(exc))
+        except Exception as exc:  # reported to every rank, so none waits in a collective for rank 0
+            failure = exc
+            kind = "refused" if isinstance(exc, CheckpointDirError) else "failed"
+            outcome[0] = (kind, f"{type(exc).__name__}: {exc}" if kind == "failed" else str(exc))
     if distributed:
         dist.broadcast_object_list(outcome, src=0)
     kind, value = outcome[0]
-    if kind == "error":
+    if failure is not None:
+        raise failure
+    if kind == "refused":
         raise CheckpointDirError(value)
+    if kind == "failed":
+        raise RuntimeError(f"rank 0 failed: {value}")
     return value
 
 
