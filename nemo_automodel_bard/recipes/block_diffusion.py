@@ -41,6 +41,7 @@ from nemo_automodel_bard.diffusion.layout import (
 )
 from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
 from nemo_automodel_bard.diffusion.noise import substitute_vocabulary
+from nemo_automodel_bard.recipes import run_guard
 from nemo_automodel_bard.recipes.config_check import (
     BardSettings,
     ConfigKeyError,
@@ -233,6 +234,7 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
     def setup(self) -> None:
         """AutoModel's setup, then bind the processor/block size and read the model's BARD fields."""
         apply_cpu_shims()
+        self.checkpoint_lock = run_guard.guard_recipe(plain_config(self.cfg))  # one run per folder; resume only ours
         super().setup()
         self.block_size = int(self.bard.block_size)
         for loader in (self.dataloader, self.val_dataloader):
@@ -352,6 +354,22 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         return float(self._dp_allreduce(torch.tensor(local, dtype=torch.long)).item())
 
     # ------------------------------------------------------------------ AutoModel overrides
+    def run_train_validation_loop(self):
+        """AutoModel's loop; the checkpoint-folder lock is released however it ends."""
+        try:
+            return super().run_train_validation_loop()
+        finally:
+            self.checkpoint_lock.release()
+
+    def log_train_metrics(self, log_data):
+        """AutoModel's logging, then flush training.jsonl (a SIGKILL loses no logged step)."""
+        super().log_train_metrics(log_data)
+        run_guard.flush_metrics(self.metric_logger_train)
+
+    def log_val_metrics(self, *args, **kwargs):
+        super().log_val_metrics(*args, **kwargs)
+        run_guard.flush_metrics(self.metric_logger_valid)
+
     def _run_train_optim_step(self, batches, max_grad_norm: float | None = None):
         """Noise every micro-batch and fix the global loss denominator, then AutoModel's step."""
         step = int(self.step_scheduler.step)

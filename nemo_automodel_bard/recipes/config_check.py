@@ -11,6 +11,7 @@ bard:
   loss: {normalization: sample_mean, block_pad_weight: 0.5}   # or token_mean
   packing: {pack_size: null, pad_to_multiple_of: 1}
   seed: null                 # noise seed; default: the top-level seed
+  trust_checkpoint_dir: false  # resume a folder without our run id (recipes/run_guard.py)
 pbm:
   stages:
     - {block_size: 4, max_steps: 1000}
@@ -141,6 +142,7 @@ class BardSettings:
     loss: LossSettings = field(default_factory=LossSettings)
     packing: PackingSettings = field(default_factory=PackingSettings)
     seed: int | None = None
+    trust_checkpoint_dir: bool = False  # resume a folder without our run id (recipes/run_guard.py)
 
     def __post_init__(self) -> None:
         if int(self.block_size) <= 0:

@@ -6,12 +6,20 @@ Usage::
     bard finetune --recipe bard_pbm_tiny                # any packaged YAML by its stem
     bard finetune --recipe bard_pbm --config my.yaml    # your YAML, recipe target forced
     bard finetune my.yaml --nproc-per-node 2 --step_scheduler.max_steps 10 --optimizer.lr=1e-5
+    bard finetune --recipe bard_pbm --nproc-per-node 8 --nnodes 4 --node-rank $SLURM_NODEID \
+        --rdzv-endpoint $MASTER_ADDR:29500 --rdzv-id $SLURM_JOB_ID   # one such command per node
 
 Overrides are AutoModel-style dotted keys (``--a.b value`` or ``--a.b=value``). With one
 process the recipe runs in this process (AutoModel's own launcher refuses CPU-only
-machines); with more it re-executes itself under ``torchrun``; under an existing torchrun it
-runs in-process in every rank. ``dist_env.backend`` defaults to nccl with CUDA, else gloo.
-AutoModel's own entry points work too: ``torchrun --nproc-per-node N -m nemo_automodel.cli.app cfg.yaml``.
+machines); with more, or with any of torchrun's multi-node options (``--nnodes``,
+``--node-rank``, ``--rdzv-endpoint``, ``--rdzv-backend``, ``--rdzv-id``, ``--rdzv-conf``,
+``--master-addr``, ``--master-port``, ``--max-restarts``), it re-executes itself under
+``torchrun`` with them. Under an existing distributed environment (``RANK``, ``WORLD_SIZE``
+and ``LOCAL_RANK`` set: a torchrun worker, or ``srun`` with one task per GPU exporting them)
+every rank runs in-process. A YAML with a ``skypilot:`` or ``nemo_run:`` section is handed
+to AutoModel's own launcher for that route. ``--dry-run`` prints what would run and stops.
+``dist_env.backend`` defaults to nccl with CUDA, else gloo. AutoModel's own entry points work
+too: ``torchrun --nproc-per-node N -m nemo_automodel.cli.app cfg.yaml``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,19 @@ from typing import Any
 
 import yaml
 
-__all__ = ["RECIPES", "main", "packaged_yaml", "list_packaged_yamls", "resolve_config", "run_in_process"]
+from nemo_automodel_bard.recipes.run_guard import CheckpointDirError
+
+__all__ = [
+    "RECIPES",
+    "TORCHRUN_OPTIONS",
+    "REMOTE_LAUNCHERS",
+    "main",
+    "packaged_yaml",
+    "list_packaged_yamls",
+    "resolve_config",
+    "run_in_process",
+    "torchrun_command",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +57,11 @@ RECIPES = {
     "bard_pbm": ("nemo_automodel_bard.recipes.pbm.BardPBMRecipe", "bard_pbm_qwen3vl_4b.yaml"),
     "bard_swd": ("nemo_automodel_bard.recipes.swd.BardSWDRecipe", "bard_swd_qwen3vl_4b.yaml"),
 }
+# torchrun options passed through unchanged (multi-node rendezvous and restarts)
+TORCHRUN_OPTIONS = ("nnodes", "node-rank", "rdzv-endpoint", "rdzv-backend", "rdzv-id", "rdzv-conf",
+                    "master-addr", "master-port", "max-restarts")
+# YAML sections that select one of AutoModel's remote launchers (nemo_automodel/cli/app.py)
+REMOTE_LAUNCHERS = ("skypilot", "nemo_run")
 _CONFIG_PACKAGE = "nemo_automodel_bard.recipe_configs"
 # Source checkouts whose editable install predates the package-dir mapping find them here.
 _SOURCE_CONFIGS = Path(__file__).resolve().parents[2] / "recipes"
@@ -128,7 +153,8 @@ def _validate(data: dict[str, Any], overrides: list[str]) -> None:
     recipe_cls = _recipe_class(data["recipe"])
     if not hasattr(recipe_cls, "validate_config"):
         return
-    node = ConfigNode(data)
+    # AutoModel's launcher removes its section before the recipe sees the YAML
+    node = ConfigNode({k: v for k, v in data.items() if k not in REMOTE_LAUNCHERS})
     for override in overrides:
         key, _, value = override.lstrip("-").partition("=")
         node.set_by_dotted(key, translate_value(value))
@@ -136,7 +162,8 @@ def _validate(data: dict[str, Any], overrides: list[str]) -> None:
 
 
 def _under_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ and "WORLD_SIZE" in os.environ
+    """A rank of an existing job: torchrun's workers, or srun tasks that export these three."""
+    return all(name in os.environ for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
 
 
 def _normalise_overrides(extra: list[str]) -> list[str]:
@@ -157,16 +184,54 @@ def _normalise_overrides(extra: list[str]) -> list[str]:
 
 _USAGE = (
     "usage: bard finetune [--recipe NAME] [--config CONFIG.yaml | CONFIG.yaml] [--nproc-per-node N] "
-    "[--list] [--key.sub value ...]"
+    "[--nnodes N --node-rank I --rdzv-endpoint HOST:PORT ...] [--dry-run] [--list] [--key.sub value ...]"
 )
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise SystemExit(f"bard finetune: {name} must be a positive integer, got {value!r}\n{_USAGE}")
+    return number
+
+
+def torchrun_command(options: dict[str, Any], config_path: str | Path, overrides: list[str]) -> list[str]:
+    """The torchrun command of one node: ``--standalone`` on one node, the rendezvous options otherwise."""
+    torchrun = dict(options.get("torchrun") or {})
+    command = [sys.executable, "-m", "torch.distributed.run"]
+    if not torchrun:
+        command.append("--standalone")
+    elif "rdzv-endpoint" in torchrun and "rdzv-backend" not in torchrun:
+        torchrun["rdzv-backend"] = "c10d"  # torchrun's default (static) ignores --rdzv-endpoint
+    command.append(f"--nproc-per-node={options.get('nproc_per_node') or 1}")
+    command += [f"--{name}={value}" for name, value in torchrun.items()]
+    return command + ["-m", "nemo_automodel_bard.recipes.launch", str(config_path), *overrides]
+
+
+def _remote_launch(config_path: str, overrides: list[str]) -> int:
+    """AutoModel's own CLI for a YAML with a ``skypilot:`` / ``nemo_run:`` section (it submits the job)."""
+    from nemo_automodel.cli import app
+
+    argv = sys.argv
+    sys.argv = ["automodel", str(config_path), *overrides]
+    try:
+        return int(app.main() or 0)
+    finally:
+        sys.argv = argv
 
 
 def parse_argv(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Split our options from AutoModel-style overrides (argparse would eat override values)."""
-    options: dict[str, Any] = {"recipe": None, "config": None, "nproc_per_node": None, "list": False}
+    options: dict[str, Any] = {"recipe": None, "config": None, "nproc_per_node": None, "list": False,
+                               "dry_run": False, "torchrun": {}}
     rest, i = [], 0
     flags = {"--recipe": "recipe", "--config": "config", "-c": "config",
              "--nproc-per-node": "nproc_per_node", "--nproc_per_node": "nproc_per_node"}
+    flags.update({f"--{o}": f"torchrun:{o}" for o in TORCHRUN_OPTIONS})
+    flags.update({f"--{o.replace('-', '_')}": f"torchrun:{o}" for o in TORCHRUN_OPTIONS})
     while i < len(argv):
         token = argv[i]
         name, eq, value = token.partition("=")
@@ -175,9 +240,15 @@ def parse_argv(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
                 if i + 1 >= len(argv):
                     raise SystemExit(f"bard finetune: {name} needs a value\n{_USAGE}")
                 value, i = argv[i + 1], i + 1
-            options[flags[name]] = int(value) if flags[name] == "nproc_per_node" else value
+            key = flags[name]
+            if key.startswith("torchrun:"):
+                options["torchrun"][key.split(":", 1)[1]] = value
+            else:
+                options[key] = _positive_int(name, value) if key == "nproc_per_node" else value
         elif token == "--list":
             options["list"] = True
+        elif token == "--dry-run":
+            options["dry_run"] = True
         elif token in ("-h", "--help"):
             print(__doc__)
             raise SystemExit(0)
@@ -195,7 +266,9 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(list_packaged_yamls()))
         return 0
     data, source = resolve_config(options["recipe"], options["config"])
-    _default_backend(data)
+    remote = [name for name in REMOTE_LAUNCHERS if data.get(name)]
+    if not remote:  # a remote job picks its backend on its own hardware (dist_env.backend: auto)
+        _default_backend(data)
     overrides = _normalise_overrides(extra)
     try:
         _validate(data, overrides)
@@ -208,12 +281,26 @@ def main(argv: list[str] | None = None) -> int:
     with handle:
         yaml.safe_dump(data, handle, sort_keys=False)
     try:
-        nproc = options["nproc_per_node"] or 1
-        if _under_torchrun() or nproc == 1:
-            run_in_process(handle.name, overrides)
+        if remote:
+            if options["dry_run"]:
+                print(f"bard finetune: would submit through AutoModel's {remote[0]} launcher: automodel {handle.name}")
+                return 0
+            return _remote_launch(handle.name, overrides)
+        if _under_torchrun() or ((options["nproc_per_node"] or 1) == 1 and not options["torchrun"]):
+            if options["dry_run"]:
+                print(f"bard finetune: would run in-process (rank {os.environ.get('RANK', 0)} of "
+                      f"{os.environ.get('WORLD_SIZE', 1)}): {data['recipe']} with {handle.name}")
+                return 0
+            try:
+                run_in_process(handle.name, overrides)
+            except CheckpointDirError as exc:  # folder in use, or not ours to resume: no traceback
+                print(f"bard finetune: {exc}", file=sys.stderr)
+                return 2
             return 0
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-                   "-m", "nemo_automodel_bard.recipes.launch", handle.name, *overrides]
+        command = torchrun_command(options, handle.name, overrides)
+        if options["dry_run"]:
+            print("bard finetune: would run: " + " ".join(command))
+            return 0
         logger.info("bard finetune: %s", " ".join(command))
         return subprocess.call(command)
     finally:

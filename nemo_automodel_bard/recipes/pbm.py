@@ -8,11 +8,22 @@ Each ``pbm.stages`` entry is one :class:`BardDiffusionRecipe` run with a derived
   loaded with ``from_pretrained``: stage k starts from stage k-1's weights (upstream's
   shipped configs all restart from the AR base).
 
-After a stage finishes, ``<stage dir>/hf`` points at its final consolidated checkpoint
-(loadable by ``BardVLForConditionalGeneration.from_pretrained``). On a re-run, a stage whose
-``hf`` export exists is skipped; an unfinished stage resumes through AutoModel's own
-auto-resume (model, optimizer, scheduler, RNG, dataloader position and step), and the noise
-is a function of the step, so the resumed loss matches the uninterrupted run.
+Stage bookkeeping (``<stage dir>/bard_stage.json``, written by global rank 0 only, read by
+rank 0 and broadcast, so every rank of a multi-node job takes the same decision): a stage is
+finished only when its run ended normally (``max_steps`` reached, or its epochs exhausted; not
+stopped by SIGTERM / preemption) **and** its export ``<stage dir>/hf`` is complete (a published
+checkpoint without AutoModel's ``.incomplete`` marker, with every weight file of the
+consolidated folder). A preempted stage is not exported; the next run resumes it through
+AutoModel's auto-resume (model, optimizer, scheduler, RNG, dataloader position and step; the
+noise is a function of the step). A stage whose previous stage changed after it started is
+refused (delete its folder to retrain it). Rerunning a finished run says so.
+
+``step_scheduler.max_steps`` caps every stage (``min`` with the stage's own ``max_steps``;
+stages without one run that many steps); leave it ``null`` in a PBM YAML to let each stage
+run its own count. ``--step_scheduler.max_steps 2`` thus makes a quick run of every stage.
+
+The checkpoint folder must be on a file system all nodes share: stage ``i > 0`` of every rank
+loads stage ``i-1``'s export.
 
 Without ``pbm.stages`` this runs a single stage at ``bard.block_size`` in ``checkpoint_dir``.
 """
@@ -21,15 +32,19 @@ from __future__ import annotations
 
 import copy
 import gc
+import json
 import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
+from nemo_automodel.components.checkpoint.utils import is_checkpoint_incomplete
 from nemo_automodel.components.config.loader import ConfigNode
 
+from nemo_automodel_bard.recipes import run_guard
 from nemo_automodel_bard.recipes.block_diffusion import BardDiffusionRecipe, prepare_config
 from nemo_automodel_bard.recipes.config_check import (
     AUTOMODEL_SECTIONS,
@@ -41,12 +56,23 @@ from nemo_automodel_bard.recipes.config_check import (
     check_top_level_keys,
 )
 
-__all__ = ["BardPBMRecipe", "stage_config", "stage_dir", "find_final_consolidated", "FROM_PRETRAINED"]
+__all__ = [
+    "BardPBMRecipe",
+    "stage_config",
+    "stage_dir",
+    "stage_max_steps",
+    "find_final_consolidated",
+    "export_complete",
+    "stage_finished",
+    "FROM_PRETRAINED",
+]
 
 logger = logging.getLogger(__name__)
 
 FROM_PRETRAINED = "nemo_automodel.NeMoAutoModelForImageTextToText.from_pretrained"
 EXPORT_NAME = "hf"
+STATE_NAME = "bard_stage.json"
+_CHECKPOINT_RE = re.compile(r"^epoch_\d+_step_(\d+)$")
 
 
 def stage_dir(base: str | Path, index: int, stage: PBMStage) -> Path:
@@ -64,6 +90,14 @@ def _set_dotted(config: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+def stage_max_steps(base_config: dict[str, Any], stage: PBMStage) -> int | None:
+    """The stage's steps: its own ``max_steps`` capped by ``step_scheduler.max_steps`` (either may be absent)."""
+    own = stage.overrides.get("step_scheduler.max_steps")
+    cap = (base_config.get("step_scheduler") or {}).get("max_steps")
+    values = [int(v) for v in (own, cap) if v is not None]
+    return min(values) if values else None
+
+
 def stage_config(base_config: dict[str, Any], index: int, stage: PBMStage, previous_export: Path | None) -> dict[str, Any]:
     """The plain config of stage ``index`` (see the module docstring)."""
     config = copy.deepcopy(base_config)
@@ -73,6 +107,7 @@ def stage_config(base_config: dict[str, Any], index: int, stage: PBMStage, previ
     _set_dotted(config, "bard.block_size", stage.block_size)
     for dotted, value in stage.overrides.items():
         _set_dotted(config, dotted, value)
+    _set_dotted(config, "step_scheduler.max_steps", stage_max_steps(base_config, stage))
     if previous_export is not None:
         model = {k: v for k, v in (config.get("model") or {}).items() if k not in ("config", "pretrained_model_name_or_path")}
         model["_target_"] = FROM_PRETRAINED
@@ -81,20 +116,65 @@ def stage_config(base_config: dict[str, Any], index: int, stage: PBMStage, previ
     return config
 
 
-def find_final_consolidated(checkpoint_dir: str | Path) -> Path | None:
-    """The consolidated HF folder of the newest ``epoch_*_step_*`` checkpoint, if any."""
-    def step_of(path: Path) -> int:
-        try:
-            return int(path.name.rsplit("_", 1)[-1])
-        except ValueError:
-            return -1
+def _step_of(path: Path) -> int:
+    match = _CHECKPOINT_RE.match(path.name)
+    return int(match.group(1)) if match else -1
 
-    candidates = sorted(Path(checkpoint_dir).glob("epoch_*_step_*"), key=step_of, reverse=True)
+
+def export_complete(folder: str | Path) -> bool:
+    """A consolidated HF folder that finished writing: its checkpoint was published (no
+    ``.incomplete``), it has ``config.json`` and every weight file its index names."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        return False
+    for parent in folder.resolve().parents:
+        if _CHECKPOINT_RE.match(parent.name):
+            if is_checkpoint_incomplete(parent):
+                return False
+            break
+    index = folder / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (ValueError, KeyError):
+            return False
+        return bool(shards) and all((folder / shard).is_file() for shard in shards)
+    return any(folder.glob("*.safetensors"))
+
+
+def find_final_consolidated(checkpoint_dir: str | Path) -> Path | None:
+    """The complete consolidated HF folder of the newest published ``epoch_*_step_*`` checkpoint."""
+    candidates = sorted(Path(checkpoint_dir).glob("epoch_*_step_*"), key=_step_of, reverse=True)
     for candidate in candidates:
         consolidated = candidate / "model" / "consolidated"
-        if (consolidated / "config.json").is_file():
+        if not is_checkpoint_incomplete(candidate) and export_complete(consolidated):
             return consolidated
     return None
+
+
+def _read_state(directory: Path) -> dict[str, Any]:
+    try:
+        return json.loads((directory / STATE_NAME).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_state(directory: Path, **values: Any) -> None:
+    """Merge ``values`` into ``<stage dir>/bard_stage.json`` (atomic replace; rank 0 only)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {**_read_state(directory), **values}
+    tmp = directory / f".{STATE_NAME}.tmp"
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, directory / STATE_NAME)
+
+
+def stage_finished(directory: str | Path, max_steps: int | None) -> bool:
+    """Finished: the recorded run ended normally at (at least) ``max_steps`` and the export is complete."""
+    directory = Path(directory)
+    state = _read_state(directory)
+    if not state.get("finished") or not export_complete(directory / EXPORT_NAME):
+        return False
+    return max_steps is None or state.get("max_steps") == max_steps or int(state.get("step", -1)) >= max_steps
 
 
 def _export(directory: Path) -> Path:
@@ -103,7 +183,7 @@ def _export(directory: Path) -> Path:
     consolidated = find_final_consolidated(directory)
     if consolidated is None:
         raise RuntimeError(
-            f"stage finished but {directory} holds no consolidated checkpoint; keep checkpoint.enabled and "
+            f"stage finished but {directory} holds no complete consolidated checkpoint; keep checkpoint.enabled and "
             "checkpoint.save_consolidated: final (or every)"
         )
     tmp = directory / f".{EXPORT_NAME}.tmp"
@@ -113,7 +193,11 @@ def _export(directory: Path) -> Path:
         tmp.symlink_to(os.path.relpath(consolidated, directory), target_is_directory=True)
     except OSError:  # file systems without symlinks
         shutil.copytree(consolidated, tmp)
-    os.replace(tmp, export)  # atomic: a half-written export never looks finished
+    if export.is_symlink() or export.is_file():
+        export.unlink()
+    elif export.exists():
+        shutil.rmtree(export)
+    os.replace(tmp, export)  # the state file, written after this, is what marks the stage finished
     return export
 
 
@@ -153,33 +237,87 @@ class BardPBMRecipe:
         return list(self.pbm.stages) or [PBMStage(block_size=int(block))]
 
     def run_train_validation_loop(self) -> None:
-        """Train every stage not yet exported, in order."""
+        """Train every unfinished stage, in order; stop (to be resumed) when a stage is preempted."""
         if not self.pbm.stages:  # plain diffusion SFT: one run, checkpoint_dir as configured
             self._run(self.config)
             return
-        base_dir = (self.config.get("checkpoint") or {}).get("checkpoint_dir", "checkpoints")
+        base_dir = Path((self.config.get("checkpoint") or {}).get("checkpoint_dir", "checkpoints"))
+        run_guard.init_distributed(self.config)  # one process group for every stage and the bookkeeping
+        lock = run_guard.guard_checkpoint_dir(base_dir)  # the base folder holds no training checkpoint itself
+        try:
+            self._run_stages(base_dir)
+        finally:
+            lock.release()
+
+    def _run_stages(self, base_dir: Path) -> None:
+        plan = [(stage_dir(base_dir, i, s), stage_max_steps(self.config, s)) for i, s in enumerate(self.pbm.stages)]
+        finished = run_guard.on_rank0(lambda: [stage_finished(d, n) for d, n in plan])
+        if all(finished):
+            _say(f"PBM: all {len(plan)} stages in {base_dir} are already finished (final export: "
+                 f"{plan[-1][0] / EXPORT_NAME}); nothing to train. Point checkpoint.checkpoint_dir at a new "
+                 "folder to train again.")
+            return
         previous: Path | None = None
-        for index, stage in enumerate(self.pbm.stages):
-            directory = stage_dir(base_dir, index, stage)
+        for index, (stage, (directory, max_steps)) in enumerate(zip(self.pbm.stages, plan)):
             export = directory / EXPORT_NAME
-            if (export / "config.json").is_file():
-                logger.info("PBM stage %d (block %d): %s exists, skipping", index, stage.block_size, export)
+            if finished[index]:
+                logger.info("PBM stage %d (block %d): finished, export %s", index, stage.block_size, export)
                 previous = export
                 continue
-            logger.info("PBM stage %d/%d: block_size=%d -> %s", index + 1, len(self.pbm.stages), stage.block_size, directory)
-            self._run(stage_config(self.config, index, stage, previous))
-            if _is_main():
-                _export(directory)
+            run_guard.on_rank0(lambda: self._start_stage(index, directory, max_steps, previous))
+            logger.info("PBM stage %d/%d: block_size=%d max_steps=%s -> %s", index + 1, len(plan), stage.block_size,
+                        max_steps, directory)
+            recipe = self._run(stage_config(self.config, index, stage, previous))
+            scheduler = recipe.step_scheduler
+            # AutoModel returns normally after a preemption signal (having saved a checkpoint): that
+            # stage is finished only if it got to max_steps anyway.
+            if scheduler.sigterm_flag and scheduler.step < scheduler.max_steps:
+                _say(f"PBM stage {index} (block {stage.block_size}) stopped by a preemption signal at step "
+                     f"{scheduler.step} of {max_steps}; run the same command again to resume it.")
+                return
+            run_guard.on_rank0(lambda: self._finish_stage(directory, int(scheduler.step)))
             _barrier()
+            if not export_complete(export):  # every rank reads it next: the folder must be shared
+                raise RuntimeError(
+                    f"rank {dist.get_rank() if dist.is_initialized() else 0} cannot see the stage export {export} "
+                    "written by rank 0: checkpoint.checkpoint_dir must be on a file system shared by all nodes"
+                )
             previous = export
+        _say(f"PBM: all {len(plan)} stages finished; final export {plan[-1][0] / EXPORT_NAME}")
 
-    def _run(self, config: dict[str, Any]) -> None:
+    @staticmethod
+    def _start_stage(index: int, directory: Path, max_steps: int | None, previous: Path | None) -> None:
+        """Rank 0: record what the stage starts from; refuse one begun from other weights."""
+        init = str(previous.resolve()) if previous is not None else None
+        state = _read_state(directory)
+        if "init_from" in state and state["init_from"] != init and any(directory.glob("epoch_*_step_*")):
+            raise run_guard.CheckpointDirError(
+                f"PBM stage {index} in {directory} was started from {state.get('init_from')}, but the previous stage "
+                f"now exports {init}; delete {directory} to train this stage again from the new weights"
+            )
+        _write_state(directory, stage=index, max_steps=max_steps, init_from=init, finished=False)
+
+    @staticmethod
+    def _finish_stage(directory: Path, step: int) -> None:
+        """Rank 0: export, then record the stage as finished (the state file is written last)."""
+        _export(directory)
+        _write_state(directory, finished=True, step=step)
+
+    def _run(self, config: dict[str, Any]) -> BardDiffusionRecipe:
         self.last_recipe = None
         gc.collect()
         recipe = self.stage_recipe_cls(ConfigNode(config))
         recipe.setup()
         recipe.run_train_validation_loop()
         self.last_recipe = recipe
+        return recipe
+
+
+def _say(message: str) -> None:
+    """A line the user sees (rank 0): stdout and the log."""
+    if _is_main():
+        print(message, flush=True)
+        logger.info(message)
 
 
 def _is_main() -> bool:
