@@ -67,6 +67,9 @@ class BardVL(lmms):
         from lmms_eval.utils import simple_parse_args_string
 
         model_args = simple_parse_args_string(arg_string or "")
+        if "batch_size" in model_args:
+            raise ValueError(f"model_args batch_size={model_args['batch_size']} is not a bard_vl model arg: "
+                             "set the batch size with lmms-eval's --batch_size")
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
         device = extra.pop("device", None)
         if device is not None:
