@@ -16,9 +16,10 @@ fi
 pip_q() { "$VENV/bin/python" -m pip install -q --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }; }
 echo "[setup] installing torch 2.14.1 + torchvision 0.29.1 into $VENV (a few minutes on a fresh machine)"
 pip_q torch==2.14.1 torchvision==0.29.1
-echo "[setup] installing nemo-automodel 0.7.0, qwen-vl-utils and this package"
-pip_q -e ".[dev]"
-"$VENV/bin/python" -c "import torch, torchvision, transformers, nemo_automodel, qwen_vl_utils, nemo_automodel_bard" \
+echo "[setup] installing nemo-automodel 0.7.0, qwen-vl-utils, lmms-eval 0.7.3 and this package"
+# The eval extra (lmms-eval) is installed so the default test suite runs the real lmms-eval evaluator.
+pip_q -e ".[dev,eval]"
+"$VENV/bin/python" -c "import torch, torchvision, transformers, nemo_automodel, qwen_vl_utils, nemo_automodel_bard, filelock._api, lmms_eval" \
   || { echo "[setup] import check failed" >&2; exit 1; }
 rm -f "$VENV"/.bard-installed-*
 touch "$stamp"

@@ -1,29 +1,31 @@
-"""lmms-eval model ``bard_vl``: Bard-VL block-diffusion decoding behind lmms-eval's ``lmms`` API.
+"""lmms-eval model ``bard_vl``: Bard-VL block-diffusion (or AR source) decoding behind lmms-eval's API.
 
-Importing this module needs ``lmms-eval`` (``pip install lmms-eval``). lmms-eval finds the
-model through the ``lmms_eval.models`` entry point (``bard_vl =
-"nemo_automodel_bard.eval.lmms_model:manifest"``); where that entry point is not installed,
-``python -m nemo_automodel_bard.eval [lmms_eval args]`` registers it in-process and runs
-lmms-eval's CLI::
+Importing this module needs lmms-eval (``pip install 'nemo-automodel-bard[eval]'``). lmms-eval
+finds the model by name through the ``lmms_eval.models`` entry point (``bard_vl =
+"nemo_automodel_bard.eval.lmms_model:manifest"``); ``python -m nemo_automodel_bard.eval``
+registers it in-process as well and turns lmms-eval's logged failures into a non-zero exit::
 
-    lmms_eval --model bard_vl \\
+    lmms-eval --model bard_vl --batch_size 8 \\
         --model_args pretrained=DIR,block_size=32,denoising_steps=32,confidence_threshold=0.9 \\
-        --tasks mmstar --batch_size 1
+        --tasks mmstar
 
-Only ``generate_until`` is implemented: a block-diffusion model has no exact per-token
-log-likelihood, so ``loglikelihood`` tasks are refused. Requests run one at a time (batch 1,
-as upstream); the throughput over the run (tokens, forwards, TPF, tokens/s) is logged at the
-end of each ``generate_until`` call.
+``decoding=ar`` decodes an autoregressive Qwen3-VL checkpoint with the same prompts. Only
+``generate_until`` is implemented: a block-diffusion model has no exact per-token
+log-likelihood, so ``loglikelihood`` tasks are refused. Requests run in left-padded batches of
+``--batch_size``; each answer's token counts go to the samples file, and the throughput of each
+``generate_until`` call (tokens, forwards, tokens per forward, tokens/s) is printed and lands in
+the results file's ``throughput`` section.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from lmms_eval.api.instance import Instance
+from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
 from lmms_eval.api.model import lmms
+from lmms_eval.models.model_utils.gen_metrics import log_metrics
 
-from nemo_automodel_bard.eval.runner import DEFAULT_SYSTEM_PROMPT, BardVLRunner
+from nemo_automodel_bard.eval.runner import BardVLRunner, ThroughputLog
 
 __all__ = ["BardVL", "manifest", "register"]
 
@@ -31,44 +33,50 @@ MODEL_ID = "bard_vl"
 CLASS_PATH = "nemo_automodel_bard.eval.lmms_model.BardVL"
 
 
-class BardVL(lmms):
-    """``--model bard_vl``; ``model_args`` are :class:`BardVLRunner`'s (strings are parsed)."""
+def _batch_size(value: Any) -> int:
+    """lmms-eval's ``--batch_size`` (a string on the CLI); ``auto`` has no meaning here."""
+    try:
+        size = int(str(value))
+    except ValueError:
+        raise ValueError(f"bard_vl needs an integer --batch_size >= 1, got {value!r} (auto is not supported)") from None
+    if size < 1:
+        raise ValueError(f"bard_vl needs an integer --batch_size >= 1, got {value!r}")
+    return size
 
-    def __init__(
-        self,
-        pretrained: str,
-        block_size: int = 32,
-        denoising_steps: int | None = None,
-        remasking_strategy: str = "low_confidence_dynamic",
-        confidence_threshold: float = 0.9,
-        max_new_tokens: int = 1024,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        attn_implementation: str = "sdpa",
-        batch_size: int | str = 1,
-        **unused: Any,
-    ) -> None:
+
+class BardVL(lmms):
+    """``--model bard_vl``; ``model_args`` are :class:`~.model_args.EvalSettings`' keys (strings are parsed).
+
+    Args:
+        batch_size: lmms-eval's ``--batch_size`` (requests per left-padded ``generate`` call).
+        **model_args: ``pretrained`` and the decoding settings; unknown keys are an error.
+    """
+
+    def __init__(self, batch_size: int | str = 1, max_batch_size: Any = None, **model_args: Any) -> None:
         super().__init__()
-        if int(batch_size) != 1:
-            raise ValueError("bard_vl decodes one request at a time: use --batch_size 1")
-        self.runner = BardVLRunner(
-            pretrained,
-            block_size=int(block_size),
-            denoising_steps=None if denoising_steps in (None, "", "None") else int(denoising_steps),
-            remasking_strategy=remasking_strategy,
-            confidence_threshold=float(confidence_threshold),
-            max_new_tokens=int(max_new_tokens),
-            system_prompt=self._resolve_system_prompt(system_prompt),
-            min_pixels=None if min_pixels is None else int(min_pixels),
-            max_pixels=None if max_pixels is None else int(max_pixels),
-            device=device,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-        )
-        self.ignored_args = sorted(unused)  # e.g. upstream's edit_threshold / max_post_edit_steps
+        self.batch_size = _batch_size(batch_size)
+        self.runner = BardVLRunner(**model_args)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> "BardVL":
+        """``--model_args`` plus lmms-eval's own options (``batch_size``, ``device``), kept apart.
+
+        lmms-eval passes ``--batch_size`` as ``batch_size``; the same key in ``model_args`` would
+        collide with it, so it is refused by name there (see :func:`~.model_args.parse_model_args`).
+        """
+        from lmms_eval.utils import simple_parse_args_string
+
+        model_args = simple_parse_args_string(arg_string or "")
+        if "batch_size" in model_args:
+            raise ValueError(f"model_args batch_size={model_args['batch_size']} is not a bard_vl model arg: "
+                             "set the batch size with lmms-eval's --batch_size")
+        extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
+        device = extra.pop("device", None)
+        if device is not None:
+            if "device" in model_args and str(model_args["device"]) != str(device):
+                raise ValueError(f"--device {device} and model_args device={model_args['device']} disagree; give one")
+            model_args["device"] = device
+        return cls(batch_size=extra.get("batch_size", 1), max_batch_size=extra.get("max_batch_size"), **model_args)
 
     def _visuals(self, request: Instance) -> list[Any]:
         """The request's images: ``doc_to_visual(doc)`` on the task's document."""
@@ -76,15 +84,45 @@ class BardVL(lmms):
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
         return list(visuals or [])
 
-    def generate_until(self, requests: list[Instance]) -> list[str]:
-        """One answer per request, in request order."""
-        answers = []
-        for request in requests:
-            context, gen_kwargs = request.args[0], request.args[1]
-            answers.append(self.runner.answer(context, self._visuals(request), gen_kwargs))
+    def _batches(self, requests: list[Instance]) -> list[list[int]]:
+        """Request indices grouped by identical ``gen_kwargs``, longest context first, ``batch_size`` each.
+
+        Sorting by context length keeps left padding small; answers go back in request order.
+        """
+        groups: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            groups.setdefault(repr(sorted(request.args[1].items())), []).append(index)
+        batches = []
+        for indices in groups.values():
+            indices.sort(key=lambda i: -len(requests[i].args[0]))
+            batches += [indices[i:i + self.batch_size] for i in range(0, len(indices), self.batch_size)]
+        return batches
+
+    def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
+        """One answer per request, in request order, with its token counts."""
+        results: list[GenerationResult | None] = [None] * len(requests)
+        before = ThroughputLog(**vars(self.runner.log))
+        for indices in self._batches(requests):
+            answers = self.runner.answer_batch([requests[i].args[0] for i in indices],
+                                               [self._visuals(requests[i]) for i in indices], requests[indices[0]].args[1])
+            for i, answer in zip(indices, answers):
+                counts = TokenCounts(input_tokens=answer.input_tokens, output_tokens=answer.output_tokens)
+                results[i] = GenerationResult(text=answer.text, token_counts=counts)
+        self._report(before)
+        return results
+
+    def _report(self, before: ThroughputLog) -> None:
+        """Throughput of this call: printed, and recorded for the results file's ``throughput`` section."""
+        now = self.runner.log
+        call = ThroughputLog(*(getattr(now, k) - getattr(before, k) for k in ("requests", "tokens", "forwards",
+                                                                              "batch_forwards", "seconds")))
+        summary = call.summary()
         if self.rank == 0:
-            print(f"[bard_vl] throughput: {self.runner.log.summary()}", flush=True)
-        return answers
+            print(f"[bard_vl] throughput ({self.runner.decoding}, batch_size {self.batch_size}): {summary}", flush=True)
+        log_metrics(summary["seconds"], summary["tokens"], summary["tokens_per_s"], additional_metrics={
+            "total_requests": summary["requests"], "forwards": summary["forwards"],
+            "batch_forwards": summary["batch_forwards"], "tokens_per_forward": summary["tpf"],
+        })
 
     def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
         raise NotImplementedError("bard_vl (block diffusion) has no exact log-likelihood; use generate_until tasks")

@@ -1,8 +1,16 @@
-"""Decoding one lmms-eval style request with a Bard-VL checkpoint, without lmms-eval itself.
+"""Answering lmms-eval style requests with a checkpoint, without lmms-eval itself.
 
-:class:`BardVLRunner` holds the model and processor and turns ``(context, visuals,
-gen_kwargs)`` into an answer string; the lmms-eval adapter (:mod:`.lmms_model`) only unpacks
-requests and delegates here, so this part is testable where lmms-eval is not installed.
+:class:`BardVLRunner` holds a model and its processor and turns ``(context, visuals,
+gen_kwargs)`` requests into answers, a left-padded batch at a time: block diffusion through
+``BardVLForConditionalGeneration.generate`` (``decoding="bard"``), or autoregressive decoding of
+the Qwen3-VL source through transformers' ``generate`` with the same prompts (``decoding="ar"``),
+so a Bard-VL and its source are compared on equal footing. The lmms-eval adapter
+(:mod:`.lmms_model`) only unpacks requests and delegates here.
+
+Prompts and answers are built exactly as ``bard eval`` (:mod:`nemo_automodel_bard.toy.evaluate`)
+builds them: one user turn (images, then the text), the checkpoint's chat template with the
+generation prompt, no system turn unless ``system_prompt`` is given; the answer is the text up
+to the first EOS with special tokens dropped, stripped.
 
 Defaults differ from upstream's wrapper on purpose (bard_spec.md section 10, item 8): there,
 ``block_size`` and ``denoising_steps`` fell back to ``max_new_tokens`` and the threshold to 1.0,
@@ -13,16 +21,18 @@ the dynamic threshold to 0.9; pass all three explicitly for a paper-comparable r
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["DEFAULT_SYSTEM_PROMPT", "BardVLRunner", "ThroughputLog", "to_bool", "truncate_at_stops"]
+from nemo_automodel_bard.eval.model_args import EvalSettings, parse_model_args
 
-DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+__all__ = ["Answer", "BardVLRunner", "ThroughputLog", "to_bool", "truncate_at_stops"]
+
+_VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def to_bool(value: Any) -> bool:
@@ -44,27 +54,42 @@ def truncate_at_stops(text: str, stops: Iterable[str]) -> str:
 
 
 @dataclass
+class Answer:
+    """One request's answer and what it cost (tokens up to and including EOS)."""
+
+    text: str
+    input_tokens: int
+    output_tokens: int
+    forwards: int
+
+
+@dataclass
 class ThroughputLog:
-    """Running totals over requests: generated tokens, forwards and ``generate`` wall time."""
+    """Running totals: generated tokens, per-sample forwards, batched forwards, ``generate`` wall time."""
 
     requests: int = 0
     tokens: int = 0
     forwards: int = 0
+    batch_forwards: int = 0
     seconds: float = 0.0
 
-    def add(self, tokens: int, forwards: int, seconds: float) -> None:
-        self.requests += 1
+    def add(self, tokens: int, forwards: int, seconds: float, requests: int = 1, batch_forwards: int | None = None) -> None:
+        self.requests += requests
         self.tokens += tokens
         self.forwards += forwards
+        self.batch_forwards += forwards if batch_forwards is None else batch_forwards
         self.seconds += seconds
 
     def summary(self) -> dict[str, float]:
+        """``tpf`` = tokens / per-sample forwards (batch-independent); ``tokens_per_s`` over ``generate`` time."""
         return {
             "requests": self.requests,
             "tokens": self.tokens,
             "forwards": self.forwards,
+            "batch_forwards": self.batch_forwards,
             "tpf": self.tokens / self.forwards if self.forwards else 0.0,
             "tokens_per_s": self.tokens / self.seconds if self.seconds else 0.0,
+            "seconds": self.seconds,
         }
 
 
@@ -74,59 +99,50 @@ def _dtype(name: str, device: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+def _load_model(settings: EvalSettings, device: str) -> torch.nn.Module:
+    dtype = _dtype(settings.dtype, device)
+    if settings.decoding == "bard":
+        from nemo_automodel_bard.models.bard_vl import BardVLForConditionalGeneration as model_class
+    else:
+        from transformers import AutoModelForImageTextToText as model_class
+    model = model_class.from_pretrained(settings.pretrained, dtype=dtype, attn_implementation=settings.attn_implementation)
+    return model.to(device).eval()
+
+
 class BardVLRunner:
-    """A loaded Bard-VL checkpoint + processor that answers image/text requests.
+    """A loaded checkpoint + processor that answers image/text requests in left-padded batches.
 
     Args:
-        pretrained: Bard-VL checkpoint folder (``model_type: bard_vl``, processor files).
-        block_size, denoising_steps, remasking_strategy, confidence_threshold: passed to
-            ``model.generate`` (``denoising_steps`` defaults to ``block_size``).
-        max_new_tokens: used when a request's ``gen_kwargs`` has none.
-        system_prompt: prepended as a system turn ("" for none).
-        min_pixels, max_pixels: override the image processor's resize bounds.
-        device: ``"auto"`` (CUDA when present), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
-        dtype: ``"auto"`` (bf16 on CUDA, fp32 on CPU), ``"float32"``, ``"bfloat16"``.
+        pretrained: checkpoint folder: Bard-VL for ``decoding="bard"``, the AR source for ``"ar"``.
+        **model_args: the other ``model_args`` keys (:class:`EvalSettings`), strings or typed;
+            all are checked here, before any weights load.
     """
 
-    def __init__(
-        self,
-        pretrained: str,
-        block_size: int = 32,
-        denoising_steps: int | None = None,
-        remasking_strategy: str = "low_confidence_dynamic",
-        confidence_threshold: float = 0.9,
-        max_new_tokens: int = 1024,
-        system_prompt: str = DEFAULT_SYSTEM_PROMPT,
-        min_pixels: int | None = None,
-        max_pixels: int | None = None,
-        device: str = "auto",
-        dtype: str = "auto",
-        attn_implementation: str = "sdpa",
-    ) -> None:
+    def __init__(self, pretrained: str, **model_args: Any) -> None:
         from transformers import AutoProcessor
 
-        from nemo_automodel_bard.models.bard_vl import BardVLForConditionalGeneration
-
-        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
-        self.model = BardVLForConditionalGeneration.from_pretrained(
-            str(Path(pretrained)), dtype=_dtype(dtype, self.device), attn_implementation=attn_implementation
-        ).to(self.device).eval()
-        self.processor = AutoProcessor.from_pretrained(str(pretrained))
-        if min_pixels is not None or max_pixels is not None:
+        self.settings = parse_model_args({"pretrained": pretrained, **model_args})
+        s = self.settings
+        if s.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"model_args device={s.device!r} but CUDA is not available here")
+        self.device = ("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device
+        self.processor = AutoProcessor.from_pretrained(s.pretrained)
+        self.processor.tokenizer.padding_side = "left"  # generate() of both decoders needs left padding
+        if s.min_pixels is not None or s.max_pixels is not None:
             size = dict(self.processor.image_processor.size)
-            size.update({k: int(v) for k, v in (("shortest_edge", min_pixels), ("longest_edge", max_pixels)) if v is not None})
+            size.update({k: v for k, v in (("shortest_edge", s.min_pixels), ("longest_edge", s.max_pixels)) if v is not None})
             self.processor.image_processor.size = size
-        self.block_size = int(block_size)
-        self.denoising_steps = int(denoising_steps) if denoising_steps is not None else self.block_size
-        self.remasking_strategy = remasking_strategy
-        self.confidence_threshold = float(confidence_threshold)
-        self.max_new_tokens = int(max_new_tokens)
-        self.system_prompt = system_prompt
+        self.model = _load_model(s, self.device)
+        self.decoding = s.decoding
+        self.block_size = s.block_size
+        self.denoising_steps = s.denoising_steps or s.block_size
+        self.max_new_tokens = s.max_new_tokens
+        self.system_prompt = s.system_prompt
         self.eos_token_id = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.log = ThroughputLog()
 
     def messages(self, context: str, images: list[Any]) -> list[dict]:
-        """Chat turns: optional system prompt, then the images and the text in one user turn.
+        """Chat turns: a system turn only if ``system_prompt`` is set, then images + text in one user turn.
 
         lmms-eval contexts may carry an ``<image>`` placeholder; the chat template places the
         vision tokens itself, so the placeholder is dropped.
@@ -145,33 +161,67 @@ class BardVLRunner:
             if visual is None:
                 continue
             if isinstance(visual, (str, Path)):
-                if str(visual).lower().endswith((".mp4", ".avi", ".mov", ".mkv", ".webm")):
+                if str(visual).lower().endswith(_VIDEO_SUFFIXES):
                     raise NotImplementedError(f"video input {visual!r}: the bard_vl lmms-eval wrapper reads images only")
                 visual = Image.open(visual)
             images.append(visual.convert("RGB"))
         return images
 
+    def encode(self, contexts: Sequence[str], visuals: Sequence[Iterable[Any] | None]) -> dict[str, torch.Tensor]:
+        """Left-padded processor output for the requests' chats (generation prompt added)."""
+        texts, images = [], []
+        for context, request_visuals in zip(contexts, visuals):
+            request_images = self.load_images(request_visuals)
+            images += request_images
+            texts.append(self.processor.apply_chat_template(self.messages(context, request_images), tokenize=False,
+                                                            add_generation_prompt=True))
+        return self.processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.device)
+
+    def _cut_at_eos(self, ids: list[int]) -> list[int]:
+        return ids[: ids.index(self.eos_token_id) + 1] if self.eos_token_id in ids else ids
+
+    def _generate(self, batch: dict, gen_kwargs: dict) -> tuple[list[list[int]], list[int], int]:
+        """Response ids per row (up to and including EOS), per-row forwards, batched forwards."""
+        max_new = int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens)
+        temperature = float(gen_kwargs.get("temperature") or 0.0)
+        top_p = float(gen_kwargs.get("top_p") or 1.0)
+        if self.decoding == "bard":
+            s = self.settings
+            ids, stats = self.model.generate(
+                batch, max_new, block_size=self.block_size, denoising_steps=self.denoising_steps,
+                temperature=temperature, top_p=top_p, remasking_strategy=s.remasking_strategy,
+                confidence_threshold=s.confidence_threshold, return_step_stats=True, eos_token_id=self.eos_token_id,
+            )
+            rows = [self._cut_at_eos(row) for row in ids.tolist()]
+            return rows, list(stats.num_forwards), stats.batch_forwards
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p} if temperature > 0 else {"do_sample": False}
+        out = self.model.generate(**batch, max_new_tokens=max_new, use_cache=True, eos_token_id=self.eos_token_id,
+                                  pad_token_id=self.processor.tokenizer.pad_token_id, **sampling)
+        new = out[:, batch["input_ids"].shape[1]:]
+        rows = [self._cut_at_eos(row) for row in new.tolist()]
+        # AR: one forward per generated token (the prefill produces the first), as bard eval counts.
+        return rows, [len(row) for row in rows], int(new.shape[1])
+
     @torch.inference_mode()
-    def answer(self, context: str, visuals: Iterable[Any] | None = None, gen_kwargs: dict | None = None) -> str:
-        """Greedy (or sampled, if ``temperature > 0``) block-diffusion answer to one request."""
+    def answer_batch(self, contexts: Sequence[str], visuals: Sequence[Iterable[Any] | None], gen_kwargs: dict | None = None) -> list[Answer]:
+        """Answers to requests sharing ``gen_kwargs``, decoded as one left-padded batch."""
         gen_kwargs = dict(gen_kwargs or {})
-        images = self.load_images(visuals)
-        text = self.processor.apply_chat_template(self.messages(context, images), tokenize=False, add_generation_prompt=True)
-        batch = self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
+        batch = self.encode(contexts, visuals)
         start = time.perf_counter()
-        ids, stats = self.model.generate(
-            batch,
-            int(gen_kwargs.get("max_new_tokens") or self.max_new_tokens),
-            block_size=self.block_size,
-            denoising_steps=self.denoising_steps,
-            temperature=float(gen_kwargs.get("temperature") or 0.0),
-            top_p=float(gen_kwargs.get("top_p") or 1.0),
-            remasking_strategy=self.remasking_strategy,
-            confidence_threshold=self.confidence_threshold,
-            return_step_stats=True,
-            eos_token_id=self.eos_token_id,
-        )
-        self.log.add(stats.num_tokens[0], stats.num_forwards[0], time.perf_counter() - start)
-        answer = self.processor.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)
+        rows, forwards, batch_forwards = self._generate(batch, gen_kwargs)
+        seconds = time.perf_counter() - start
+        self.log.add(sum(map(len, rows)), sum(forwards), seconds, requests=len(rows), batch_forwards=batch_forwards)
         until = gen_kwargs.get("until") or []
-        return truncate_at_stops(answer, [until] if isinstance(until, str) else until)
+        stops = [until] if isinstance(until, str) else list(until)
+        prompt_lengths = batch["attention_mask"].sum(1).tolist()
+        return [
+            Answer(
+                text=truncate_at_stops(self.processor.tokenizer.decode(row, skip_special_tokens=True).strip(), stops),
+                input_tokens=int(prompt), output_tokens=len(row), forwards=int(f),
+            )
+            for row, f, prompt in zip(rows, forwards, prompt_lengths)
+        ]
+
+    def answer(self, context: str, visuals: Iterable[Any] | None = None, gen_kwargs: dict | None = None) -> str:
+        """One request's answer (a batch of one)."""
+        return self.answer_batch([context], [visuals], gen_kwargs)[0].text

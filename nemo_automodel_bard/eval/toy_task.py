@@ -54,7 +54,8 @@ def _yaml(data_dir: Path, max_new_tokens: int) -> str:
         "test_split": "test",
         "output_type": "generate_until",
         "doc_to_target": "answer",
-        "generation_kwargs": {"max_new_tokens": max_new_tokens, "temperature": 0, "until": ["\n\n"]},
+        # Greedy, no stop strings: the answer ends at EOS, exactly as `bard eval` decodes it.
+        "generation_kwargs": {"max_new_tokens": max_new_tokens, "temperature": 0, "until": []},
         "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
     }
     lines = [f"{key}: {json.dumps(value)}" for key, value in head.items()]
@@ -62,7 +63,7 @@ def _yaml(data_dir: Path, max_new_tokens: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_task(data_dir: str | Path, out_dir: str | Path, max_new_tokens: int = 64) -> Path:
+def write_task(data_dir: str | Path, out_dir: str | Path, max_new_tokens: int = 32) -> Path:
     """Write the task YAML + hooks for ``data_dir/test.jsonl``; returns the YAML path."""
     data_dir, out_dir = Path(data_dir).resolve(), Path(out_dir)
     if not (data_dir / "test.jsonl").is_file():
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="write the bard_toy lmms-eval task for a toy data folder")
     parser.add_argument("--data", required=True, help="folder with test.jsonl + images/")
     parser.add_argument("--out", required=True, help="folder to pass as lmms-eval's --include_path")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="as `bard eval --max-new-tokens`")
     args = parser.parse_args(argv)
     print(write_task(args.data, args.out, args.max_new_tokens))
     return 0

@@ -1,4 +1,4 @@
-"""The lmms-eval ``bard_vl`` wrapper answers a tiny request list like ``model.generate`` does."""
+"""The ``bard_vl`` runner answers like a direct ``model.generate`` on the same chat, batched or not."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from nemo_automodel_bard.eval.runner import BardVLRunner, ThroughputLog, to_bool, truncate_at_stops
-from nemo_automodel_bard.testing import save_tiny_checkpoint, tiny_image
+from nemo_automodel_bard.testing import save_tiny_checkpoint, save_tiny_qwen3vl_checkpoint, tiny_image
 
 SETTINGS = dict(block_size=4, denoising_steps=4, confidence_threshold=0.5)
 
@@ -21,19 +21,19 @@ def runner(checkpoint):
     return BardVLRunner(str(checkpoint), max_new_tokens=8, device="cpu", dtype="float32", **SETTINGS)
 
 
-def _reference_answer(runner: BardVLRunner, context: str, image, max_new_tokens: int) -> str:
-    """Decode the same chat directly with ``model.generate`` (system prompt, image, question)."""
+def _reference_answer(runner: BardVLRunner, context: str, image, max_new_tokens: int, system: str | None = None) -> str:
+    """Decode the chat directly with ``model.generate``: one user turn (image, question), no system turn."""
     proc = runner.processor
-    messages = [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": context}]},
-    ]
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": context}]})
     text = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     batch = proc(text=[text], images=[image], return_tensors="pt")
     with torch.inference_mode():
         ids = runner.model.generate(batch, max_new_tokens, block_size=4, denoising_steps=4, confidence_threshold=0.5,
                                     eos_token_id=runner.eos_token_id)
-    return proc.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)
+    ids = ids[0].tolist()
+    ids = ids[: ids.index(runner.eos_token_id) + 1] if runner.eos_token_id in ids else ids
+    return proc.tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
 def test_truncate_at_stops_cuts_at_earliest_stop():
@@ -49,18 +49,59 @@ def test_to_bool_parses_model_args_strings():
 def test_throughput_log_totals():
     log = ThroughputLog()
     log.add(tokens=8, forwards=2, seconds=0.5)
-    log.add(tokens=4, forwards=2, seconds=1.5)
-    assert log.summary() == {"requests": 2, "tokens": 12, "forwards": 4, "tpf": 3.0, "tokens_per_s": 6.0}
+    log.add(tokens=4, forwards=2, seconds=1.5, requests=2, batch_forwards=1)
+    summary = log.summary()
+    assert summary == {"requests": 3, "tokens": 12, "forwards": 4, "batch_forwards": 3, "tpf": 3.0,
+                       "tokens_per_s": 6.0, "seconds": 2.0}
 
 
-def test_runner_matches_direct_generate(runner):
+def test_runner_matches_direct_generate_without_system_turn(runner):
     images = [tiny_image(seed=s) for s in range(3)]
     for i, image in enumerate(images):
-        context = f"<image>describe {i}"
-        got = runner.answer(context, [image], {"max_new_tokens": 8})
+        got = runner.answer(f"<image>describe {i}", [image], {"max_new_tokens": 8})
         assert got == _reference_answer(runner, f"describe {i}", image, 8)
+    assert "<|im_start|>system" not in runner.processor.apply_chat_template(
+        runner.messages("q", images[:1]), tokenize=False, add_generation_prompt=True)
     summary = runner.log.summary()
     assert summary["requests"] == 3 and summary["tokens"] > 0 and summary["forwards"] > 0
+
+
+def test_system_prompt_adds_a_system_turn(checkpoint):
+    runner = BardVLRunner(str(checkpoint), max_new_tokens=8, device="cpu", dtype="float32",
+                          system_prompt="Be brief.", **SETTINGS)
+    text = runner.processor.apply_chat_template(runner.messages("q", []), tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
+    image = tiny_image(seed=5)
+    assert runner.answer("q", [image], {"max_new_tokens": 8}) == _reference_answer(runner, "q", image, 8, "Be brief.")
+
+
+def test_batched_answers_equal_batch_one(runner):
+    """Left-padded batches (prompts of different lengths) give each request its batch-1 answer."""
+    contexts = ["a", "describe the picture in many more words", "count", "what is shown here"]
+    images = [tiny_image(seed=10 + i, size=16 if i % 2 else 24) for i in range(4)]
+    batched = runner.answer_batch(contexts, [[im] for im in images], {"max_new_tokens": 8})
+    single = [runner.answer_batch([c], [[im]], {"max_new_tokens": 8})[0] for c, im in zip(contexts, images)]
+    assert [a.text for a in batched] == [a.text for a in single]
+    assert [(a.output_tokens, a.forwards, a.input_tokens) for a in batched] == \
+        [(a.output_tokens, a.forwards, a.input_tokens) for a in single]
+    assert len({a.input_tokens for a in single}) > 1  # the batch really was padded
+
+
+def test_ar_decoding_matches_transformers_generate_and_batches(tmp_path):
+    ar = save_tiny_qwen3vl_checkpoint(tmp_path / "ar", seed=1)
+    runner = BardVLRunner(str(ar), decoding="ar", max_new_tokens=6, device="cpu", dtype="float32")
+    contexts, images = ["q", "a longer question here"], [tiny_image(seed=1), tiny_image(seed=2, size=24)]
+    batched = runner.answer_batch(contexts, [[im] for im in images], {"max_new_tokens": 6})
+    for context, image, answer in zip(contexts, images, batched):
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": context}]}]
+        text = runner.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        batch = runner.processor(text=[text], images=[image], return_tensors="pt")
+        with torch.inference_mode():
+            out = runner.model.generate(**batch, max_new_tokens=6, do_sample=False, eos_token_id=runner.eos_token_id)
+        ids = out[0, batch["input_ids"].shape[1]:].tolist()
+        ids = ids[: ids.index(runner.eos_token_id) + 1] if runner.eos_token_id in ids else ids
+        assert answer.text == runner.processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        assert answer.output_tokens == answer.forwards == len(ids)
 
 
 def test_runner_refuses_video(runner):
@@ -68,36 +109,8 @@ def test_runner_refuses_video(runner):
         runner.load_images(["clip.mp4"])
 
 
-def test_lmms_model_answers_request_list(checkpoint):
-    pytest.importorskip("lmms_eval", reason="lmms-eval not installed (pip install lmms-eval)")
-    from lmms_eval.api.instance import Instance
-
-    from nemo_automodel_bard.eval.lmms_model import BardVL
-
-    model = BardVL.create_from_arg_string(
-        f"pretrained={checkpoint},block_size=4,denoising_steps=4,confidence_threshold=0.5,max_new_tokens=8,"
-        "device=cpu,dtype=float32,edit_threshold=0.9"
-    )
-    docs = [{"image": tiny_image(seed=s)} for s in range(2)]
-    model.task_dict = {"toy": {"test": docs}}
-    requests = [
-        Instance(request_type="generate_until", idx=0, metadata={"task": "toy", "doc_id": i, "repeats": 1},
-                 arguments=(f"<image>question {i}", {"max_new_tokens": 8, "until": ["\n\n"]},
-                            lambda doc: [doc["image"]], i, "toy", "test"))
-        for i in range(2)
-    ]
-    answers = model.generate_until(requests)
-    assert answers == [_reference_answer(model.runner, f"question {i}", docs[i]["image"], 8) for i in range(2)]
-    assert model.ignored_args == ["edit_threshold"]
-    with pytest.raises(NotImplementedError):
-        model.loglikelihood(requests)
-
-
-def test_lmms_registry_resolves_bard_vl():
-    pytest.importorskip("lmms_eval", reason="lmms-eval not installed (pip install lmms-eval)")
-    from lmms_eval import models
-
-    from nemo_automodel_bard.eval.lmms_model import BardVL, register
-
-    register()
-    assert models.get_model("bard_vl") is BardVL
+def test_runner_checks_args_before_loading(checkpoint):
+    with pytest.raises(ValueError, match=r"unknown bard_vl model_args \['confidence_treshold'\]"):
+        BardVLRunner(str(checkpoint), confidence_treshold=0.5)
+    with pytest.raises(ValueError, match="remasking_strategy must be one of"):
+        BardVLRunner(str(checkpoint), remasking_strategy="random")

@@ -1,20 +1,15 @@
-"""The bard_toy lmms-eval task files: hooks read the toy split, and (slow) lmms-eval runs them."""
+"""The bard_toy lmms-eval task files: hooks read the toy split (lmms-eval runs them in test_lmms_eval_run.py)."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from nemo_automodel_bard.eval.toy_task import write_task
 from nemo_automodel_bard.toy.task import generate_splits
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -49,25 +44,3 @@ def test_hooks_read_the_split(data_dir, tmp_path):
 def test_write_task_needs_test_split(tmp_path):
     with pytest.raises(FileNotFoundError, match="test.jsonl"):
         write_task(tmp_path, tmp_path / "task")
-
-
-@pytest.mark.slow
-def test_lmms_eval_cli_runs_bard_vl_offline(data_dir, tmp_path):
-    """``python -m nemo_automodel_bard.eval --model bard_vl ...`` on the local task, no network."""
-    pytest.importorskip("lmms_eval", reason="lmms-eval not installed (pip install lmms-eval)")
-    from nemo_automodel_bard.testing import save_tiny_checkpoint
-
-    ckpt = save_tiny_checkpoint(tmp_path / "ckpt")
-    write_task(data_dir, tmp_path / "task", max_new_tokens=8)
-    env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(REPO))
-    cmd = [sys.executable, "-m", "nemo_automodel_bard.eval", "--model", "bard_vl", "--include_path", str(tmp_path / "task"),
-           "--tasks", "bard_toy", "--batch_size", "1", "--output_path", str(tmp_path / "out"),
-           "--model_args", f"pretrained={ckpt},block_size=4,confidence_threshold=0.5,device=cpu,dtype=float32"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, check=False)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "[bard_vl] throughput" in proc.stdout
-    results = list((tmp_path / "out").rglob("*results*.json"))
-    assert results, proc.stdout[-2000:]
-    data = json.loads(results[0].read_text())
-    assert 0.0 <= data["results"]["bard_toy"]["exact_match,none"] <= 1.0
-    assert data["n-samples"]["bard_toy"]["effective"] == 3
