@@ -150,3 +150,29 @@ def test_stock_config_trains_as_swd(run_dir, tiny_dir):
     lines = [json.loads(x) for x in (run_dir / "checkpoints" / "training.jsonl").read_text().splitlines()]
     # student B=8 vs anchor B=4 from the same weights: the masks differ, so the KL term is positive
     assert all(x["kl_loss"] > 0 and x["ce_loss"] > 0 for x in lines)
+
+
+def test_stock_config_with_the_jsonl_reader_peft_and_a_validation_set(run_dir, tiny_dir):
+    """The project's jsonl reader in the stock config; `peft` (LoRA) and `validation_dataset` as in AutoModel."""
+    from nemo_automodel_bard.data.synthetic import write_color_dataset
+
+    config = _stock()
+    config["dataset"] = {
+        "_target_": "nemo_automodel_bard.data.dataset.build_chat_dataset",
+        "path_or_dataset": str(write_color_dataset(run_dir / "data", num_samples=8)),
+    }
+    config["validation_dataset"] = {**_stock()["dataset"], "num_samples": 2}
+    config["peft"] = {"_target_": "nemo_automodel.components._peft.lora.PeftConfig", "match_all_linear": True, "dim": 4}
+    config["step_scheduler"].update(max_steps=1, val_every_steps=1)
+    recipe = launch.run_in_process(_dump(config, run_dir / "cfg.yaml"), []).last_recipe
+    assert recipe.dataloader.dataset.rows[0].source.endswith("train.jsonl:1")
+    [val] = [json.loads(x) for x in (run_dir / "checkpoints" / "validation.jsonl").read_text().splitlines()]
+    assert val["val_loss"] > 0
+    params = dict(recipe.model_parts[0].named_parameters())
+    trainable = [n for n, p in params.items() if p.requires_grad]
+    assert trainable and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    lora_b = [n for n in trainable if ".lora_B." in n and "language_model" in n]
+    assert lora_b and all(_full(params[n]).abs().sum() > 0 for n in lora_b)  # zero-initialised, then trained
+    start = load_file(str(tiny_dir / "model" / "model.safetensors"))
+    base = next(n for n in params if n.endswith("layers.0.mlp.up_proj.weight"))
+    assert torch.equal(_full(params[base]), start["model.language_model.layers.0.mlp.up_proj.weight"].to(params[base].dtype).float())
