@@ -2,7 +2,7 @@
 
 A row holds ``messages`` (a list, or a JSON string of one) of
 ``{"role": "system"|"user"|"assistant", "content": str | [{"type": "text", "text": ...} |
-{"type": "image", "image": path | {"bytes": ..., "path": ...}} | {"type": "video", "video": path}]}``.
+{"type": "image", "image": path | {"bytes": ..., "path": ...} | PIL.Image} | {"type": "video", "video": path}]}``.
 Rows come from a jsonl file (one JSON object per line) or from an HF dataset saved with
 ``save_to_disk``. Image and video paths are relative to ``root_dir`` (default: the jsonl's
 folder or the dataset folder). A video is a video file or a list of frame image files, read
@@ -130,6 +130,13 @@ def split_last_assistant(messages: list[dict], source: str) -> tuple[list[dict],
     return messages[:last], messages[last]
 
 
+def _is_pil(ref: Any) -> bool:
+    """An in-memory ``PIL.Image`` (AutoModel's conversation datasets hold decoded images)."""
+    from PIL import Image
+
+    return isinstance(ref, Image.Image)
+
+
 def _image_path(item: dict, root_dir: Path) -> Path | None:
     ref = item.get("image")
     if isinstance(ref, dict):
@@ -170,8 +177,9 @@ def check_row(row: ChatRow) -> tuple[list[dict], dict]:
             if kind == "image":
                 path = _image_path(item, row.root_dir)
                 ref = item.get("image")
-                if path is None and not (isinstance(ref, dict) and ref.get("bytes") is not None):
-                    raise BadSampleError(row.source, f"image item without a path or bytes: {str(item)[:80]!r}")
+                in_memory = _is_pil(ref) or (isinstance(ref, dict) and ref.get("bytes") is not None)
+                if path is None and not in_memory:
+                    raise BadSampleError(row.source, f"image item without a path, bytes or PIL image: {str(item)[:80]!r}")
                 if path is not None and not path.is_file():
                     raise BadSampleError(row.source, f"missing image file {path}")
             elif kind == "video":
@@ -192,7 +200,9 @@ def load_image(item: dict, root_dir: Path, source: str):
 
     ref = item.get("image")
     try:
-        if isinstance(ref, dict) and ref.get("bytes") is not None:
+        if _is_pil(ref):
+            image = ref
+        elif isinstance(ref, dict) and ref.get("bytes") is not None:
             image = Image.open(io.BytesIO(ref["bytes"]))
         else:
             image = Image.open(_image_path(item, root_dir))

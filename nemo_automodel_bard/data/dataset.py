@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import torch
@@ -70,6 +71,7 @@ class BardChatDataset(torch.utils.data.Dataset):
 
     Args:
         path_or_dataset: a jsonl file, a ``save_to_disk`` folder, or a list of them.
+        rows: already-read rows instead (AutoModel conversation items, ``data/conversation.py``).
         root_dir: folder image and video paths are relative to (default: each source's folder).
         split: split of a saved ``DatasetDict``.
         max_length: bound on a sample's ``P + R`` (prompt with vision tokens + response).
@@ -82,8 +84,9 @@ class BardChatDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        path_or_dataset: str | list[str],
+        path_or_dataset: str | list[str] | None = None,
         *,
+        rows: Sequence[ChatRow] | None = None,
         root_dir: str | None = None,
         split: str | None = None,
         max_length: int = 8192,
@@ -105,14 +108,18 @@ class BardChatDataset(torch.utils.data.Dataset):
         self.block_size = int(block_size)
         self.stats: Counter[str] = Counter()
         self.processor = None
-        rows = read_rows(path_or_dataset, root_dir=root_dir, split=split)
+        if (path_or_dataset is None) == (rows is None):
+            raise ValueError("BardChatDataset needs exactly one of path_or_dataset and rows")
+        if rows is None:
+            rows = read_rows(path_or_dataset, root_dir=root_dir, split=split)
         self.rows = self._validated(rows) if validate else rows
-        if not self.rows:
-            raise ValueError(f"dataset {path_or_dataset} has no usable rows")
+        if not len(self.rows):
+            name = path_or_dataset if path_or_dataset is not None else getattr(rows, "name", "rows")
+            raise ValueError(f"dataset {name} has no usable rows")
         if processor is not None:
             self.bind(processor=processor)
 
-    def _validated(self, rows: list[ChatRow]) -> list[ChatRow]:
+    def _validated(self, rows: Sequence[ChatRow]) -> list[ChatRow]:
         kept = []
         for row in rows:
             try:

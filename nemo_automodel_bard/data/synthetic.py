@@ -20,8 +20,12 @@ COLORS = {"red": (220, 30, 30), "green": (30, 180, 40), "blue": (30, 60, 220), "
           "white": (250, 250, 250), "black": (10, 10, 10)}
 
 
-def write_tiny_model(out: str | Path, seed: int = 0, block_size: int = 4) -> Path:
-    """Save a random tiny Bard-VL model and its processor to ``out`` (HF format)."""
+def write_tiny_model(out: str | Path, seed: int = 0, block_size: int = 4, patch_size: int = 4) -> Path:
+    """Save a random tiny Bard-VL model and its processor to ``out`` (HF format).
+
+    ``patch_size=16`` (Qwen3-VL's) makes a stock ``processor.min_pixels`` / ``max_pixels`` give the
+    real model's image-token counts (the default 4 gives 16x as many).
+    """
     import torch
     from transformers import PreTrainedModel
 
@@ -30,9 +34,10 @@ def write_tiny_model(out: str | Path, seed: int = 0, block_size: int = 4) -> Pat
 
     out = Path(out)
     processor = tiny_processor()
+    processor.image_processor.patch_size = processor.video_processor.patch_size = patch_size
     torch.manual_seed(seed)
     # HF's default (small) init: the tiny testing model's wide init is meant for decoding tests.
-    model = BardVLForConditionalGeneration(tiny_config(block_size=block_size))
+    model = BardVLForConditionalGeneration(tiny_config(block_size=block_size, vision={"patch_size": patch_size}))
     # AutoModel's save_pretrained wants its checkpointer; the plain HF writer is enough here.
     PreTrainedModel.save_pretrained(model, out)
     processor.save_pretrained(out)

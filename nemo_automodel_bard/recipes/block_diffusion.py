@@ -41,8 +41,10 @@ from nemo_automodel_bard.diffusion.layout import (
 )
 from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
 from nemo_automodel_bard.diffusion.noise import substitute_vocabulary
+from nemo_automodel_bard.data.conversation import CONVERSATION_DATASET_TARGET
 from nemo_automodel_bard.recipes import run_guard
 from nemo_automodel_bard.recipes.config_check import (
+    REPLACED_STOCK_TARGETS,
     BardSettings,
     ConfigKeyError,
     plain_config,
@@ -75,12 +77,24 @@ _MODEL_INPUT_KEYS = ("pixel_values", "image_grid_thw", "pixel_values_videos", "v
 
 
 def prepare_config(config: Mapping[str, Any], extra_sections: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """Validate a plain config dict and fill in what AutoModel must see (returns a copy)."""
+    """Validate a plain config dict and fill in what AutoModel must see (returns a copy).
+
+    A stock AutoModel VLM config is accepted as is (AUTOMODEL_SECTION_TREATMENT in
+    config_check.py): ``rng`` sets the seed, ``freeze_config`` is checked with AutoModel's own
+    parser, stock collators and losses are replaced with a warning, conversation datasets are
+    wrapped into the BARD dataset.
+    """
     config = copy.deepcopy(dict(config))
     check_top_level_keys(config, extra_sections)
     bard = BardSettings.from_mapping(config.get("bard"))
     _check_model_attention(config)
     config.pop("pbm", None)
+    _apply_rng(config)
+    if config.get("freeze_config") is not None:
+        from nemo_automodel.components.utils.model_utils import parse_freeze_config
+
+        # AutoModel's own check (it names unknown options such as freeze_embeddings), run before the model loads.
+        parse_freeze_config(config["freeze_config"])
     _wire_data(config, bard)
     _check_lengths(config, bard)
     # nccl needs CUDA; `auto` (or nothing) picks the backend from the hardware.
@@ -89,6 +103,7 @@ def prepare_config(config: Mapping[str, Any], extra_sections: frozenset[str] = f
         dist_env["backend"] = "nccl" if torch.cuda.is_available() else "gloo"
     config["dist_env"] = dist_env
     # The VLM recipe requires a loss_fn section; ours replaces it in the train step.
+    _check_replaceable("loss_fn", _target_of(config.get("loss_fn")))
     config.setdefault("loss_fn", {"_target_": "nemo_automodel.components.loss.masked_ce.MaskedCrossEntropy"})
     if bard.vision_lr_multiplier != 1.0:
         _add_vision_lr_group(config, bard.vision_lr_multiplier)
@@ -142,41 +157,116 @@ def use_text_attention(model: Any, backend: str) -> None:
     model.set_text_attention("flex_attention")
 
 
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """One log line per message and process (every PBM stage re-prepares the same config)."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        logger.warning(message)
+
+
+def _target_of(node: Any) -> str | None:
+    """The dotted ``_target_`` of a section (or a bare target), resolved callables included."""
+    target = node.get("_target_") if isinstance(node, Mapping) else node
+    if target is None or isinstance(target, str):
+        return target
+    return f"{target.__module__}.{getattr(target, '__qualname__', target.__name__)}"
+
+
+def _check_replaceable(dotted: str, target: str | None) -> None:
+    """Warn that a stock AutoModel target gives way to BARD's; refuse any other (REPLACED_STOCK_TARGETS)."""
+    if target is None or target == COLLATE_TARGET:
+        return
+    prefix, replacement = REPLACED_STOCK_TARGETS[dotted]
+    if not target.startswith(prefix):
+        raise ConfigKeyError(f"{dotted}: {target} cannot be used: the BARD recipe needs {replacement}; remove the key")
+    _warn_once(f"{dotted}: {target} is replaced by {replacement}")
+
+
+_STATEFUL_RNG = "nemo_automodel.components.training.rng.StatefulRNG"
+
+
+def _apply_rng(config: dict[str, Any]) -> None:
+    """``rng: {_target_: StatefulRNG, seed, ranked: true}``: its seed is the run seed (AutoModel's VLM
+    recipe builds ``StatefulRNG(seed, ranked=True)`` from the top-level ``seed``)."""
+    node = config.get("rng")
+    if node is None:
+        return
+    if not isinstance(node, Mapping):
+        raise ConfigKeyError(f"rng: expected a section like {{_target_: {_STATEFUL_RNG}, seed: 42, ranked: true}}")
+    values = dict(node)
+    target = _target_of(values.pop("_target_", None))
+    unknown = sorted(set(values) - {"seed", "ranked"})
+    if unknown:
+        raise ConfigKeyError(f"unknown key(s) in `rng:`: {', '.join(unknown)}; allowed: _target_, seed, ranked")
+    if target not in (None, _STATEFUL_RNG):
+        raise ConfigKeyError(f"rng._target_: AutoModel's VLM recipe always uses {_STATEFUL_RNG}, got {target}")
+    if values.get("ranked", True) is not True:
+        raise ConfigKeyError("rng.ranked: false cannot be honoured: AutoModel's VLM recipe seeds every rank differently")
+    if "seed" in values:
+        if config.get("seed") is None:
+            config["seed"] = int(values["seed"])
+        elif int(config["seed"]) != int(values["seed"]):
+            raise ConfigKeyError(f"seed: {config['seed']} and rng.seed: {values['seed']} disagree; keep one")
+
+
+def _fake_media_switches(dotted: str, node: Any) -> dict[str, bool]:
+    """The fake-media switches of a user's own BARD collator entry (FSDP2: the vision tower runs every micro-batch)."""
+    if not isinstance(node, Mapping) or _target_of(node) not in (None, COLLATE_TARGET):
+        return {}
+    extra = sorted(set(node) - {"_target_", *_USER_COLLATE_KEYS})
+    if extra:
+        raise ConfigKeyError(
+            f"{dotted}: key(s) {', '.join(extra)} are set by the recipe from `bard:`; "
+            f"only {', '.join(_USER_COLLATE_KEYS)} may be given"
+        )
+    return {k: bool(node[k]) for k in _USER_COLLATE_KEYS if k in node}
+
+
 def _wire_data(config: dict[str, Any], bard: BardSettings) -> None:
-    """Our collator in the (validation) dataloader; block size and no pretokenization for our dataset."""
-    loader = dict(config.get("dataloader") or {})
-    user_collate = loader.get("collate_fn")
-    media = {}
-    if user_collate is not None:
-        target = user_collate.get("_target_", COLLATE_TARGET) if isinstance(user_collate, Mapping) else user_collate
-        if target != COLLATE_TARGET:
-            raise ConfigKeyError(
-                "dataloader.collate_fn: the recipe sets its own collator from `bard:` (packing in bard.packing)"
-            )
-        if isinstance(user_collate, Mapping):
-            # Only the fake-media switches are the user's (FSDP2: the vision tower runs every micro-batch).
-            extra = sorted(set(user_collate) - {"_target_", *_USER_COLLATE_KEYS})
-            if extra:
-                raise ConfigKeyError(
-                    f"dataloader.collate_fn: key(s) {', '.join(extra)} are set by the recipe from `bard:`; "
-                    f"only {', '.join(_USER_COLLATE_KEYS)} may be given"
-                )
-            media = {k: bool(user_collate[k]) for k in _USER_COLLATE_KEYS if k in user_collate}
+    """Our collator in the (validation) dataloader; our dataset (block size, no pretokenization) around any source."""
     collate = {
-        **media,
         "_target_": COLLATE_TARGET,
         "block_size": int(bard.block_size),
         "pack_size": bard.packing.pack_size,
         "pad_to_multiple_of": bard.packing.pad_to_multiple_of,
     }
-    config["dataloader"] = {**loader, "collate_fn": collate}
-    if config.get("validation_dataset") is not None:
-        config["validation_dataloader"] = {**dict(config.get("validation_dataloader") or {}), "collate_fn": dict(collate)}
-    for section in ("dataset", "validation_dataset"):
-        node = config.get(section)
-        if isinstance(node, Mapping) and node.get("_target_") in _DATASET_TARGETS:
-            # AutoModel pretokenizes (next-token labels) whenever a dataset has max_length: not ours.
-            config[section] = {**node, "block_size": int(bard.block_size), "pretokenize": False}
+    for dataset_key, loader_key in (("dataset", "dataloader"), ("validation_dataset", "validation_dataloader")):
+        if config.get(dataset_key) is None:
+            continue
+        loader = dict(config.get(loader_key) or {})
+        user_collate = loader.get("collate_fn")
+        _check_replaceable(f"{loader_key}.collate_fn", _target_of(user_collate))
+        media = _fake_media_switches(f"{loader_key}.collate_fn", user_collate)
+        config[loader_key] = {**loader, "collate_fn": {**collate, **media}}
+        config[dataset_key] = _wire_dataset(dict(config[dataset_key]), int(bard.block_size), dataset_key)
+
+
+# Dataset keys AutoModel's VLM loader consumes itself (it pops them before calling the builder).
+_LOADER_DATASET_KEYS = ("tokenizer", "chat_template", "packing", "pretokenize", "truncate", "inject_fake_images")
+
+
+def _wire_dataset(node: dict[str, Any], block_size: int, section: str) -> dict[str, Any]:
+    """A jsonl section gets the block size; any other builder becomes the ``source`` of the conversation dataset."""
+    target = _target_of(node)
+    if target not in _DATASET_TARGETS and target != CONVERSATION_DATASET_TARGET:
+        source = {k: v for k, v in node.items() if k not in _LOADER_DATASET_KEYS}
+        wrapped = {k: v for k, v in node.items() if k in _LOADER_DATASET_KEYS}
+        wrapped.update(_target_=CONVERSATION_DATASET_TARGET, source=source)
+        if source.get("max_length") is not None:  # AutoModel's bound on a tokenized sample: ours on P + R
+            wrapped["max_length"] = source["max_length"]
+        node = wrapped
+        if node.pop("truncate", True) is False:  # AutoModel replaces over-long samples instead of cutting them
+            node.setdefault("too_long", "drop")
+    legacy_packing = node.get("packing")
+    if isinstance(legacy_packing, Mapping) and legacy_packing.get("enabled"):
+        raise ConfigKeyError(f"{section}.packing: AutoModel's VLM packing shifts labels; use bard.packing instead")
+    if node.get("pretokenize"):
+        _warn_once(f"{section}.pretokenize: true is replaced by the BARD dataset's unshifted (prompt, response) tokenization")
+    # AutoModel pretokenizes (next-token labels) whenever a dataset has max_length: not ours.
+    return {**node, "block_size": block_size, "pretokenize": False}
 
 
 def _check_lengths(config: dict[str, Any], bard: BardSettings) -> None:
@@ -186,7 +276,7 @@ def _check_lengths(config: dict[str, Any], bard: BardSettings) -> None:
         return
     for section in ("dataset", "validation_dataset"):
         node = config.get(section)
-        if not (isinstance(node, Mapping) and node.get("_target_") in _DATASET_TARGETS):
+        if not (isinstance(node, Mapping) and _target_of(node) in (*_DATASET_TARGETS, CONVERSATION_DATASET_TARGET)):
             continue
         max_length = int(node.get("max_length", _DEFAULT_MAX_LENGTH))
         need = max_layout_length(max_length, int(bard.block_size))

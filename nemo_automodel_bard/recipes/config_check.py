@@ -30,6 +30,8 @@ from nemo_automodel_bard.diffusion.noise import NOISE_SCHEDULES
 
 __all__ = [
     "AUTOMODEL_SECTIONS",
+    "AUTOMODEL_SECTION_TREATMENT",
+    "REPLACED_STOCK_TARGETS",
     "BARD_SECTIONS",
     "ConfigKeyError",
     "settings_from_mapping",
@@ -45,16 +47,60 @@ __all__ = [
 ]
 
 # Top-level sections AutoModel 0.7's VLM recipe reads (recipes/vlm/finetune.py, base_recipe.py,
-# _typed_config.py); AutoModel validates their contents itself.
-AUTOMODEL_SECTIONS = frozenset(
-    {
-        "recipe", "dist_env", "seed", "model", "processor", "distributed", "loss_fn", "optimizer",
-        "clip_grad_norm", "lr_scheduler", "step_scheduler", "dataset", "dataloader", "validation_dataset",
-        "validation_dataloader", "checkpoint", "wandb", "mlflow", "comet", "freeze_config", "peft", "compile",
-        "fp8", "quantization", "prewarm", "mfu", "mtp", "packed_sequence", "domain_mixture",
-        "embedding_row_repair",
-    }
-)
+# _typed_config.py) and how BARD treats each; AutoModel validates their contents itself.
+# kept: AutoModel's meaning; replaced: a stock value is swapped with a one-line warning;
+# refused: a clear error before the model loads (docs/training.md, "Coming from an AutoModel VLM config").
+AUTOMODEL_SECTION_TREATMENT: dict[str, str] = {
+    "recipe": "kept: names the BARD recipe class",
+    "seed": "kept: StatefulRNG seed; also the noise seed unless bard.seed",
+    "rng": "kept: rng.seed is the run seed when `seed` is absent; _target_ must be StatefulRNG, ranked true",
+    "dist_env": "kept: backend nccl becomes gloo without CUDA (auto: pick from the hardware)",
+    "model": "kept: a Bard-VL checkpoint",
+    "processor": "kept: built by AutoModel (min_pixels/max_pixels apply), used by the BARD dataset",
+    "distributed": "kept",
+    "loss_fn": "replaced: AutoModel losses give way to the 1/t-weighted block-diffusion CE (bard.loss)",
+    "optimizer": "kept (bard.vision_lr_multiplier adds a param_group_overrides entry)",
+    "clip_grad_norm": "kept",
+    "lr_scheduler": "kept",
+    "step_scheduler": "kept",
+    "dataset": "kept: conversation builders and jsonl; wrapped into the BARD dataset (no next-token pretokenization)",
+    "dataloader": "kept, but collate_fn: AutoModel collators give way to the BARD layout collator",
+    "validation_dataset": "kept, as dataset",
+    "validation_dataloader": "kept, as dataloader",
+    "checkpoint": "kept",
+    "wandb": "kept",
+    "mlflow": "kept",
+    "comet": "kept",
+    "freeze_config": "kept: checked with AutoModel's parse_freeze_config before the model loads",
+    "peft": "kept for one run; refused with several pbm.stages (each stage loads the previous full weights)",
+    "compile": "kept",
+    "fp8": "kept",
+    "quantization": "kept",
+    "prewarm": "kept",
+    "mfu": "kept",
+    "mtp": "kept (not used: Bard-VL has no MTP head)",
+    "packed_sequence": "refused when pack_size > 0: AutoModel's VLM packing shifts labels; use bard.packing",
+    "domain_mixture": "kept",
+    "embedding_row_repair": "kept",
+}
+AUTOMODEL_SECTIONS = frozenset(AUTOMODEL_SECTION_TREATMENT)
+
+# Stock ``_target_`` values BARD replaces (with a warning), by dotted key: (AutoModel's module
+# prefix, what replaces it). Any other target there is refused (BARD cannot honour it).
+REPLACED_STOCK_TARGETS: dict[str, tuple[str, str]] = {
+    "dataloader.collate_fn": (
+        "nemo_automodel.components.datasets.vlm.collate_fns.",
+        "nemo_automodel_bard.data.collate.bard_collate (the [prompt | clean | noisy] layout; packing in bard.packing)",
+    ),
+    "validation_dataloader.collate_fn": (
+        "nemo_automodel.components.datasets.vlm.collate_fns.",
+        "nemo_automodel_bard.data.collate.bard_collate (the [prompt | clean | noisy] layout; packing in bard.packing)",
+    ),
+    "loss_fn": (
+        "nemo_automodel.components.loss.",
+        "the 1/t-weighted block-diffusion cross-entropy of the BARD recipe (bard.loss)",
+    ),
+}
 BARD_SECTIONS = frozenset({"bard", "pbm"})
 
 

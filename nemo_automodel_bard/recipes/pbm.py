@@ -50,6 +50,7 @@ from nemo_automodel_bard.recipes.config_check import (
     AUTOMODEL_SECTIONS,
     BARD_SECTIONS,
     BardSettings,
+    ConfigKeyError,
     PBMSettings,
     PBMStage,
     plain_config,
@@ -223,6 +224,11 @@ class BardPBMRecipe:
         check_top_level_keys(config, extra)
         BardSettings.from_mapping(config.get("bard"))
         pbm = PBMSettings.from_mapping(config.get("pbm"), AUTOMODEL_SECTIONS | BARD_SECTIONS | extra)
+        if config.get("peft") and len(pbm.stages) > 1:
+            raise ConfigKeyError(
+                "peft with several pbm.stages: each stage starts from the previous stage's full consolidated "
+                "weights, and a PEFT run saves adapters only; run one stage per command, or drop peft"
+            )
         for index, stage in enumerate(pbm.stages):
             prepare_config(stage_config(config, index, stage, None), extra)
         if not pbm.stages:
