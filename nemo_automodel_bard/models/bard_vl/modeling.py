@@ -233,13 +233,13 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
     # ------------------------------------------------------------------ decoding
     def generate(
         self,
-        batch: Any,
-        max_new_tokens: int,
+        batch: Any = None,
+        max_new_tokens: int | None = None,
         block_size: int = 8,
         denoising_steps: int = 8,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         remasking_strategy: str = "low_confidence_dynamic",
         confidence_threshold: float = 0.5,
         return_step_stats: bool = False,
@@ -248,18 +248,24 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         eos_token_id: int | list[int] | None = None,
         generator: torch.Generator | None = None,
         streamer: Any = None,
+        **hf_kwargs: Any,
     ):
         """Exact-cache, batched block-diffusion decoding; see ``nemo_automodel_bard.generation.block_decode``.
+
+        ``generate(batch, max_new_tokens, ...)`` (the processor output first) returns the
+        response only; ``temperature``/``top_k``/``top_p`` left as None mean 0.0 (greedy) / 0 /
+        1.0. ``generate(**batch, max_new_tokens=..., do_sample=..., generation_config=...)``
+        is Hugging Face's convention and returns prompt + response rows
+        (``nemo_automodel_bard.generation.hf_compat``).
 
         Returns:
             ``LongTensor [B, T]`` response ids (truncated after each sample's EOS, padded with
             the EOS id), or ``(ids, StepStats)`` when ``return_step_stats``.
         """
         from nemo_automodel_bard.generation.block_decode import block_generate
+        from nemo_automodel_bard.generation.hf_compat import hf_generate, is_hf_call
 
-        return block_generate(
-            self,
-            batch,
+        options = dict(
             max_new_tokens=max_new_tokens,
             block_size=block_size,
             denoising_steps=denoising_steps,
@@ -274,6 +280,10 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
             generator=generator,
             streamer=streamer,
         )
+        if is_hf_call(batch, hf_kwargs):
+            return hf_generate(self, batch, options, **hf_kwargs)
+        # None = not given: block_generate's defaults apply.
+        return block_generate(self, batch, **{k: v for k, v in options.items() if v is not None})
 
 
 def _select_positions(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
