@@ -12,6 +12,7 @@ Snippet bodies are kept as the cards write them; only the paths and sizes are lo
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,6 +119,24 @@ def test_bard_card_snippet_with_a_video_given_as_frames(model_id, frame_paths):
     content = [{"type": "video", "video": frame_paths}, {"type": "text", "text": "What happens?"}]
     model, inputs, response_ids, output = bard_card_snippet(model_id, content)
     assert inputs["video_grid_thw"].shape[0] == 1 and "pixel_values" not in inputs
+    hf = model.generate(**inputs, max_new_tokens=16, **BARD)
+    assert torch.equal(hf[:, inputs["input_ids"].shape[1] :], response_ids)
+
+
+def test_bard_card_snippet_with_a_video_file(model_id, tmp_path):
+    av = pytest.importorskip("av")  # writes the clip
+    pytest.importorskip("decord")  # qwen-vl-utils' decoder here (torchvision 0.29 has no read_video)
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for seed in range(8):
+            frame = av.VideoFrame.from_ndarray(np.asarray(tiny_image(seed=seed, size=32)), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode())
+    content = [{"type": "video", "video": str(path)}, {"type": "text", "text": "What happens?"}]
+    model, inputs, response_ids, _ = bard_card_snippet(model_id, content)
+    assert inputs["video_grid_thw"].shape[0] == 1
     hf = model.generate(**inputs, max_new_tokens=16, **BARD)
     assert torch.equal(hf[:, inputs["input_ids"].shape[1] :], response_ids)
 
