@@ -18,7 +18,8 @@ Public API (stable; other areas' tests may use it):
 * ``chat_batch(processor, prompts, images=None) -> BatchFeature``: left-padded processor output
   for user turns ``prompts[i]`` (each with ``images[i]`` if given), generation prompt added.
 * ``save_tiny_checkpoint(path, *, seed=0, processor=True, **overrides) -> Path``: a local
-  Bard-VL checkpoint directory (safetensors + config + processor files).
+  Bard-VL checkpoint directory (safetensors + config + processor files naming
+  ``BardVLProcessor``).
 * ``save_tiny_qwen3vl_checkpoint(path, *, seed=0) -> Path``: the autoregressive counterpart
   (stock HF Qwen3-VL class and config, ``<|reserved|>`` instead of ``<|mask|>``), the input of
   ``bard-convert``.
@@ -222,7 +223,9 @@ def save_tiny_checkpoint(path: str | Path, *, seed: int = 0, processor: bool = T
     model = tiny_model(seed=seed, **overrides)
     model.save_pretrained(path, safe_serialization=True)
     if processor:
-        tiny_processor().save_pretrained(path)
+        from nemo_automodel_bard.models.bard_vl.processing import as_bard_processor
+
+        as_bard_processor(tiny_processor()).save_pretrained(path)  # AutoProcessor -> BardVLProcessor
     return path
 
 

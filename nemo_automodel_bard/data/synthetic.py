@@ -30,10 +30,11 @@ def write_tiny_model(out: str | Path, seed: int = 0, block_size: int = 4, patch_
     from transformers import PreTrainedModel
 
     from nemo_automodel_bard.models.bard_vl import BardVLForConditionalGeneration
+    from nemo_automodel_bard.models.bard_vl.processing import as_bard_processor
     from nemo_automodel_bard.testing import tiny_config, tiny_processor
 
     out = Path(out)
-    processor = tiny_processor()
+    processor = as_bard_processor(tiny_processor())  # processor_class BardVLProcessor (AutoProcessor)
     processor.image_processor.patch_size = processor.video_processor.patch_size = patch_size
     torch.manual_seed(seed)
     # HF's default (small) init: the tiny testing model's wide init is meant for decoding tests.

@@ -281,13 +281,13 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
     # ------------------------------------------------------------------ decoding
     def generate(
         self,
-        batch: Any,
-        max_new_tokens: int,
+        batch: Any = None,
+        max_new_tokens: int | None = None,
         block_size: int | None = None,
         denoising_steps: int | None = None,
-        temperature: float = 0.0,
-        top_k: int = 0,
-        top_p: float = 1.0,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
         remasking_strategy: str = "low_confidence_dynamic",
         confidence_threshold: float = 0.5,
         return_step_stats: bool = False,
@@ -298,21 +298,26 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         streamer: Any = None,
         prompt_attention: str | None = None,
         compile: bool | dict = False,
+        **hf_kwargs: Any,
     ):
         """Exact-cache, batched block-diffusion decoding; see ``nemo_automodel_bard.generation.block_decode``.
 
-        ``block_size`` and ``prompt_attention`` default to the checkpoint's config,
-        ``denoising_steps`` to ``block_size``; ``compile=True`` compiles the denoising steps.
+        ``generate(batch, max_new_tokens, ...)`` (the processor output first) returns the
+        response only. ``block_size`` and ``prompt_attention`` default to the checkpoint's
+        config, ``denoising_steps`` to ``block_size``; ``temperature``/``top_k``/``top_p`` left
+        as None mean 0.0 (greedy) / 0 / 1.0; ``compile=True`` compiles the denoising steps.
+        ``generate(**batch, max_new_tokens=..., do_sample=..., generation_config=...)`` is
+        Hugging Face's convention and returns prompt + response rows
+        (``nemo_automodel_bard.generation.hf_compat``).
 
         Returns:
             ``LongTensor [B, T]`` response ids (truncated after each sample's EOS, padded with
             the EOS id), or ``(ids, StepStats)`` when ``return_step_stats``.
         """
         from nemo_automodel_bard.generation.block_decode import block_generate
+        from nemo_automodel_bard.generation.hf_compat import hf_generate, is_hf_call
 
-        return block_generate(
-            self,
-            batch,
+        options = dict(
             max_new_tokens=max_new_tokens,
             block_size=block_size,
             denoising_steps=denoising_steps,
@@ -329,6 +334,10 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
             prompt_attention=prompt_attention,
             compile=compile,
         )
+        if is_hf_call(batch, hf_kwargs):
+            return hf_generate(self, batch, options, **hf_kwargs)
+        # None = not given: block_generate's defaults apply.
+        return block_generate(self, batch, **{k: v for k, v in options.items() if v is not None})
 
 
 def _select_positions(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
