@@ -117,7 +117,7 @@ def test_bard_card_snippet_on_the_synthetic_checkpoint(tmp_path, image_path):
 
 def test_bard_card_snippet_with_a_video_given_as_frames(model_id, frame_paths):
     content = [{"type": "video", "video": frame_paths}, {"type": "text", "text": "What happens?"}]
-    model, inputs, response_ids, output = bard_card_snippet(model_id, content)
+    model, inputs, response_ids, _ = bard_card_snippet(model_id, content)
     assert inputs["video_grid_thw"].shape[0] == 1 and "pixel_values" not in inputs
     hf = model.generate(**inputs, max_new_tokens=16, **BARD)
     assert torch.equal(hf[:, inputs["input_ids"].shape[1] :], response_ids)
