@@ -19,7 +19,8 @@ CUDA flex is transformers' compiled flex_attention and the masks use compiled
 ``create_block_mask``; the model runs in bf16.
 
     python benchmarks/train_attention.py --quick --json /tmp/attn.json
-    python benchmarks/train_attention.py --device cuda --hidden 2560 --heads 32 --kv-heads 8 --layers 4 --json out.json
+    python benchmarks/train_attention.py --masks-only --lengths 2048 4096 8192 16384   # no model: mask cost only
+    python benchmarks/train_attention.py --device cuda --hidden 2560 --heads 32 --kv-heads 8 --head-dim 128 --layers 4 --json out.json
 """
 
 from __future__ import annotations
@@ -66,19 +67,23 @@ def training_layout(seq_len: int, samples: int) -> dict[str, torch.Tensor]:
 
 
 def build_model(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> BardVLForConditionalGeneration:
-    overrides = {
+    """A random Bard-VL with the requested text attention shapes (tiny vision tower, unused)."""
+    head_dim = args.head_dim or args.hidden // args.heads
+    half = head_dim // 2
+    side = half * 5 // 16  # Qwen3-VL's mRoPE split of head_dim / 2: [24, 20, 20] at 128
+    text = {
         "hidden_size": args.hidden,
         "intermediate_size": 3 * args.hidden,
         "num_hidden_layers": args.layers,
         "num_attention_heads": args.heads,
         "num_key_value_heads": args.kv_heads,
-        "head_dim": args.hidden // args.heads,
+        "head_dim": head_dim,
+        "max_position_embeddings": 32768,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 5e6, "mrope_section": [half - 2 * side, side, side],
+                            "mrope_interleaved": True},
     }
-    config = tiny_config()
-    for key, value in overrides.items():
-        setattr(config.text_config, key, value)
-    config.vision_config.out_hidden_size = args.hidden
     torch.manual_seed(0)
+    config = tiny_config(text=text, vision={"out_hidden_size": args.hidden})
     return BardVLForConditionalGeneration(config).to(device=device, dtype=dtype)
 
 
@@ -96,6 +101,37 @@ def step(model, inputs: dict[str, Any], layout: dict[str, torch.Tensor], backend
     logits = model(**inputs, attention_mask=mask).logits
     logits.float().square().mean().backward()
     return logits.detach()
+
+
+def mask_stats(layout: dict[str, torch.Tensor], seq_len: int, samples: int) -> dict[str, Any]:
+    block_mask = layout_mask(layout, BLOCK_SIZE, backend="flex")
+    dense = layout_mask(layout, BLOCK_SIZE, backend="sdpa")
+    return {
+        "seq_len": seq_len,
+        "layout": "single" if samples == 1 else f"packed{samples}",
+        "dense_mask_bytes": dense.numel() * dense.element_size(),
+        "dense_fp32_additive_mask_bytes": dense.numel() * 4,
+        "block_mask_bytes": block_mask_bytes(block_mask),
+        "empty_tile_fraction": empty_tile_fraction(block_mask),
+    }
+
+
+def measure_masks(seq_len: int, samples: int, args, device) -> dict[str, Any]:
+    """Mask building only (no model): median time of each backend's mask, interleaved."""
+    layout = {k: v.to(device) for k, v in training_layout(seq_len, samples).items()}
+    times: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    for r in range(args.repeats + 1):
+        for backend in (BACKENDS if r % 2 == 0 else reversed(list(BACKENDS))):
+            _sync(device)
+            start = time.perf_counter()
+            layout_mask(layout, BLOCK_SIZE, backend=backend)
+            _sync(device)
+            if r:  # the first round warms up (compiles on CUDA)
+                times[backend].append(time.perf_counter() - start)
+    result = mask_stats(layout, seq_len, samples)
+    result.update({f"{b}_mask_ms": 1e3 * statistics.median(times[b]) for b in BACKENDS})
+    result["max_abs_logit_diff"] = None
+    return result
 
 
 def measure(model, seq_len: int, samples: int, args, device, dtype) -> dict[str, Any]:
@@ -132,20 +168,13 @@ def measure(model, seq_len: int, samples: int, args, device, dtype) -> dict[str,
             times[backend].append(time.perf_counter() - start)
             if device.type == "cuda":
                 peaks[backend] = torch.cuda.max_memory_allocated()
-    block_mask = layout_mask(layout, BLOCK_SIZE, backend="flex")
-    dense = layout_mask(layout, BLOCK_SIZE, backend="sdpa")
-    result = {
-        "seq_len": seq_len,
-        "layout": "single" if samples == 1 else f"packed{samples}",
+    result = mask_stats(layout, seq_len, samples)
+    result.update({
         "train_step": train,
         "flex_ms": 1e3 * statistics.median(times["flex"]),
         "sdpa_ms": 1e3 * statistics.median(times["sdpa"]),
         "max_abs_logit_diff": diff,
-        "dense_mask_bytes": dense.numel() * dense.element_size(),
-        "dense_fp32_additive_mask_bytes": dense.numel() * 4,
-        "block_mask_bytes": block_mask_bytes(block_mask),
-        "empty_tile_fraction": empty_tile_fraction(block_mask),
-    }
+    })
     result["sdpa_over_flex_time"] = result["sdpa_ms"] / result["flex_ms"]
     if peaks:
         result.update({f"{b}_peak_gib": peaks[b] / 2**30 for b in peaks})
@@ -162,7 +191,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--kv-heads", type=int, default=2)
+    parser.add_argument("--head-dim", type=int, default=None, help="default hidden / heads (Qwen3-VL-4B: 128)")
     parser.add_argument("--compile", action="store_true", help="CPU: use transformers' compiled flex (slow to compile)")
+    parser.add_argument("--masks-only", action="store_true", help="time mask building only (no model)")
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     if args.quick:
@@ -171,23 +202,29 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     lengths = args.lengths or [2048, 4096, 8192]
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = build_model(args, device, dtype)
-    model.train(device.type == "cuda")
-    runs = [measure(model, s, n, args, device, dtype) for s in lengths for n in (1, 4)]
+    if args.masks_only:
+        runs = [measure_masks(s, n, args, device) for s in lengths for n in (1, 4)]
+    else:
+        model = build_model(args, device, dtype)
+        model.train(device.type == "cuda")
+        runs = [measure(model, s, n, args, device, dtype) for s in lengths for n in (1, 4)]
     for run in runs:
+        times = ("flex_mask_ms", "sdpa_mask_ms") if args.masks_only else ("flex_ms", "sdpa_ms")
+        diff = run["max_abs_logit_diff"]
         print(
-            f"S={run['seq_len']:>5} {run['layout']:>7}: flex {run['flex_ms']:8.1f} ms  sdpa {run['sdpa_ms']:8.1f} ms  "
+            f"S={run['seq_len']:>5} {run['layout']:>7}: flex {run[times[0]]:8.1f} ms  sdpa {run[times[1]]:8.1f} ms  "
             f"dense mask {run['dense_mask_bytes'] / 2**20:7.2f} MiB  BlockMask {run['block_mask_bytes'] / 2**10:7.1f} KiB  "
-            f"empty tiles {run['empty_tile_fraction']:.1%}  max|dlogit| {run['max_abs_logit_diff']:.2e}"
+            f"empty tiles {run['empty_tile_fraction']:.1%}" + ("" if diff is None else f"  max|dlogit| {diff:.2e}")
         )
     largest = max((r for r in runs if r["layout"] == "single"), key=lambda r: r["seq_len"])
     results = {
         "device": str(device),
         "dtype": str(dtype).replace("torch.", ""),
-        "model": {k: getattr(args, k) for k in ("layers", "hidden", "heads", "kv_heads")},
+        "model": {k: getattr(args, k) for k in ("layers", "hidden", "heads", "kv_heads", "head_dim")},
         "flex_compiled": device.type == "cuda" or args.compile,
+        "masks_only": args.masks_only,
         "repeats": args.repeats,
-        "max_abs_logit_diff": max(r["max_abs_logit_diff"] for r in runs),
+        "max_abs_logit_diff": None if args.masks_only else max(r["max_abs_logit_diff"] for r in runs),
         # The largest single-sample row's figures (all rows in `runs`).
         "seq_len": largest["seq_len"],
         "dense_mask_bytes": largest["dense_mask_bytes"],

@@ -124,3 +124,13 @@ def test_block_mask_is_smaller_than_the_dense_mask_and_mostly_empty():
     any_visible, _ = _dense_tiles(dense[:, 0], 128)
     assert empty_tile_fraction(block_mask) == pytest.approx(1.0 - any_visible.float().mean().item())
     assert empty_tile_fraction(block_mask) > 0.3
+
+
+@pytest.mark.slow
+def test_compiled_builder_equals_the_chunked_one():
+    """The CUDA path (torch.compile(create_block_mask)), compiled here for CPU: about a minute."""
+    segment, block = _ids(4)
+    compiled = block_diffusion_block_mask(segment, block, LAYOUT["doc"], tile=32, compiled=True)
+    chunked = block_diffusion_block_mask(segment, block, LAYOUT["doc"], tile=32, compiled=False)
+    for name in ("kv_num_blocks", "kv_indices", "full_kv_num_blocks", "full_kv_indices"):
+        assert torch.equal(getattr(compiled, name), getattr(chunked, name)), name
