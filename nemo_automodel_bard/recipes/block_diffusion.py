@@ -33,7 +33,7 @@ from nemo_automodel.recipes.vlm.finetune import FinetuneRecipeForVLM
 from nemo_automodel_bard._cpu_shim import apply_cpu_shims
 from nemo_automodel_bard.diffusion.layout import apply_noise, layout_attention_mask, layout_position_ids
 from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
-from nemo_automodel_bard.diffusion.noise import substitute_vocabulary
+from nemo_automodel_bard.diffusion.noise import tokenizer_substitute_ids
 from nemo_automodel_bard.recipes.config_check import (
     BardSettings,
     ConfigKeyError,
@@ -167,17 +167,8 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         )
 
     def _substitute_ids(self, config: Any) -> torch.Tensor:
-        """Uniform-noise substitutes: the tokenizer's ids minus special, vision and mask ids (D11)."""
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        exclude = set(getattr(tokenizer, "all_special_ids", []) or [])
-        exclude |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if tok.special}
-        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
-            if getattr(config, name, None) is not None:
-                exclude.add(int(getattr(config, name)))
-        exclude.add(int(self.mask_token_id))
-        text_config = getattr(config, "text_config", config)
-        vocab = min(len(tokenizer), int(text_config.vocab_size)) if tokenizer is not None else int(text_config.vocab_size)
-        return substitute_vocabulary(vocab, exclude)
+        """Uniform-noise substitutes: the tokenizer's ids minus every added, special, vision and mask id (D11)."""
+        return tokenizer_substitute_ids(getattr(self.processor, "tokenizer", self.processor), config, self.mask_token_id)
 
     # ------------------------------------------------------------------ hooks
     def _device(self) -> torch.device:
