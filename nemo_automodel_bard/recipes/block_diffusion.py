@@ -170,6 +170,14 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         """Uniform-noise substitutes: the tokenizer's ids minus every added, special, vision and mask id (D11)."""
         return tokenizer_substitute_ids(getattr(self.processor, "tokenizer", self.processor), config, self.mask_token_id)
 
+    def run_train_validation_loop(self) -> None:
+        """AutoModel's loop, then the datasets' skip/drop/truncation totals (never silent)."""
+        super().run_train_validation_loop()
+        for loader in (self.dataloader, self.val_dataloader):
+            dataset = getattr(loader, "dataset", None)
+            if hasattr(dataset, "summary"):
+                (logger.warning if dataset.stats else logger.info)("%s", dataset.summary())
+
     # ------------------------------------------------------------------ hooks
     def _device(self) -> torch.device:
         """The compute device (AutoModel leaves ``dist_env.device`` None on CPU)."""
