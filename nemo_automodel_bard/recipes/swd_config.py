@@ -14,7 +14,7 @@ distill:                # the loss: ce_weight * CE + kl_weight * top-k KL
   ce_weight: 1.0
   top_k: 16
   temperature: 1.0
-  student_support: topk # topk | full (see diffusion/distill.py)
+  student_support: full # full (upstream's form, default) | topk (see diffusion/distill.py)
   ce_inverse_t: false   # keep PBM's 1/t weight on the CE term (upstream SWD drops it)
 ```
 """
@@ -72,7 +72,9 @@ class DistillSettings:
     ce_weight: float = 1.0
     top_k: int = 16
     temperature: float = 1.0
-    student_support: Literal["topk", "full"] = "topk"
+    # Upstream normalises the student over the whole vocabulary (bard_spec.md section 6); topk
+    # (renormalised on the teacher's top-k, zero gradient outside it) is the measured option.
+    student_support: Literal["topk", "full"] = "full"
     ce_inverse_t: bool = False
 
     def __post_init__(self) -> None:
