@@ -35,6 +35,7 @@ __all__ = [
     "TeacherMismatchError",
     "check_teacher_compatible",
     "anchor_block_size",
+    "swd_section_problems",
 ]
 
 
@@ -149,3 +150,18 @@ def anchor_block_size(settings: TeacherSettings, teacher_config: Any, student_bl
     if size > student_block_size:
         raise ValueError(f"the anchor's block size {size} exceeds the student's {student_block_size}")
     return int(size)
+
+
+def swd_section_problems(config: Mapping[str, Any]) -> list[str]:
+    """Model-free problems of ``teacher:``, ``distill:`` and ``teacher_model:`` (for ``check_config``)."""
+    problems = []
+    for section, cls in (("teacher", TeacherSettings), ("distill", DistillSettings)):
+        try:
+            cls.from_mapping(config.get(section))
+        except (ValueError, TypeError) as exc:
+            problems.append(str(exc))
+    teacher = config.get("teacher") if isinstance(config.get("teacher"), Mapping) else {}
+    kind = teacher.get("kind", "anchor") or "none"
+    if kind != "none" and not config.get("teacher_model"):
+        problems.append(f"teacher.kind {kind} needs a `teacher_model:` section (or teacher.kind: none)")
+    return problems
