@@ -23,6 +23,7 @@ import torch
 __all__ = ["DEFAULT_SYSTEM_PROMPT", "BardVLRunner", "ThroughputLog", "to_bool", "truncate_at_stops"]
 
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def to_bool(value: Any) -> bool:
@@ -125,39 +126,59 @@ class BardVLRunner:
         self.eos_token_id = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.log = ThroughputLog()
 
-    def messages(self, context: str, images: list[Any]) -> list[dict]:
-        """Chat turns: optional system prompt, then the images and the text in one user turn.
+    def messages(self, context: str, images: list[Any], num_videos: int = 0) -> list[dict]:
+        """Chat turns: optional system prompt, then the images, videos and the text in one user turn.
 
         lmms-eval contexts may carry an ``<image>`` placeholder; the chat template places the
         vision tokens itself, so the placeholder is dropped.
         """
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": context.replace("<image>", "").strip()}]
+        content = [{"type": "image"} for _ in images] + [{"type": "video"} for _ in range(num_videos)]
+        content.append({"type": "text", "text": context.replace("<image>", "").strip()})
         turns = [{"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}] if self.system_prompt else []
         return turns + [{"role": "user", "content": content}]
 
     @staticmethod
     def load_images(visuals: Iterable[Any] | None) -> list[Any]:
-        """PIL images (or image paths) as RGB PIL images; videos are not supported here."""
+        """PIL images (or image paths) as RGB PIL images; video files are left to :meth:`load_visuals`."""
+        return BardVLRunner.load_visuals(visuals, video_patch_size=None)[0]
+
+    @staticmethod
+    def load_visuals(visuals: Iterable[Any] | None, video_patch_size: int | None) -> tuple[list[Any], list[tuple]]:
+        """``(images, videos)``: RGB PIL images, and video files decoded by qwen-vl-utils as in training.
+
+        A video is ``(frames, metadata)`` from :func:`nemo_automodel_bard.data.chat.load_video`.
+        """
         from PIL import Image
 
-        images = []
+        from nemo_automodel_bard.data.chat import load_video
+
+        images, videos = [], []
         for visual in visuals or []:
             if visual is None:
                 continue
+            if isinstance(visual, (str, Path)) and str(visual).lower().endswith(VIDEO_SUFFIXES):
+                if video_patch_size is None:
+                    raise ValueError(f"video input {visual!r}: use load_visuals with the video processor's patch size")
+                item = {"type": "video", "video": str(Path(visual).resolve())}
+                videos.append(load_video(item, Path("."), str(visual), video_patch_size))
+                continue
             if isinstance(visual, (str, Path)):
-                if str(visual).lower().endswith((".mp4", ".avi", ".mov", ".mkv", ".webm")):
-                    raise NotImplementedError(f"video input {visual!r}: the bard_vl lmms-eval wrapper reads images only")
                 visual = Image.open(visual)
             images.append(visual.convert("RGB"))
-        return images
+        return images, videos
 
     @torch.inference_mode()
     def answer(self, context: str, visuals: Iterable[Any] | None = None, gen_kwargs: dict | None = None) -> str:
         """Greedy (or sampled, if ``temperature > 0``) block-diffusion answer to one request."""
         gen_kwargs = dict(gen_kwargs or {})
-        images = self.load_images(visuals)
-        text = self.processor.apply_chat_template(self.messages(context, images), tokenize=False, add_generation_prompt=True)
-        batch = self.processor(text=[text], images=images or None, return_tensors="pt").to(self.device)
+        images, videos = self.load_visuals(visuals, self.processor.video_processor.patch_size)
+        messages = self.messages(context, images, len(videos))
+        text = self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        video_kwargs = {}
+        if videos:  # frames already sampled and resized by qwen-vl-utils; metadata gives the timestamps
+            video_kwargs = {"videos": [frames for frames, _ in videos], "videos_kwargs": {
+                "video_metadata": [meta for _, meta in videos], "do_sample_frames": False, "do_resize": False}}
+        batch = self.processor(text=[text], images=images or None, return_tensors="pt", **video_kwargs).to(self.device)
         start = time.perf_counter()
         ids, stats = self.model.generate(
             batch,

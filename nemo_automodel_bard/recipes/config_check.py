@@ -428,6 +428,11 @@ def check_config(config: Mapping[str, Any], extra_sections: frozenset[str] = fro
     for section in AUTOMODEL_TYPED_SECTIONS:
         if config.get(section) is not None:
             problems += _section_problems(section, config[section])
+    for index, stage in enumerate(pbm.stages if pbm else ()):
+        for dotted, value in stage.overrides.items():
+            section, _, key = dotted.partition(".")
+            if section in AUTOMODEL_TYPED_SECTIONS and "." not in key:
+                problems += [f"pbm.stages[{index}]: {problem}" for problem in _section_problems(section, {key: value})]
     problems += _distributed_problems(config.get("distributed"))
     for section in _TARGET_SECTIONS:
         problems += _target_problems(section, config.get(section))

@@ -63,9 +63,26 @@ def test_runner_matches_direct_generate(runner):
     assert summary["requests"] == 3 and summary["tokens"] > 0 and summary["forwards"] > 0
 
 
-def test_runner_refuses_video(runner):
-    with pytest.raises(NotImplementedError, match="images only"):
-        runner.load_images(["clip.mp4"])
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_runner_answers_a_video_file_like_direct_generate(runner, tmp_path, suffix):
+    from nemo_automodel_bard.data.chat import load_video
+    from nemo_automodel_bard.testing import write_tiny_video
+
+    video = write_tiny_video(tmp_path / f"clip{suffix}")
+    got = runner.answer("what happens?", [str(video)], {"max_new_tokens": 8})
+    proc = runner.processor
+    frames, meta = load_video({"type": "video", "video": str(video)}, tmp_path, str(video), proc.video_processor.patch_size)
+    messages = [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "what happens?"}]},
+    ]
+    text = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    batch = proc(text=[text], videos=[frames], return_tensors="pt",
+                 videos_kwargs={"video_metadata": [meta], "do_sample_frames": False, "do_resize": False})
+    assert int(batch["video_grid_thw"].prod()) > 0
+    with torch.inference_mode():
+        ids = runner.model.generate(batch, 8, eos_token_id=runner.eos_token_id, **SETTINGS)
+    assert got == proc.tokenizer.decode(ids[0].tolist(), skip_special_tokens=True)
 
 
 def test_lmms_model_answers_request_list(checkpoint):

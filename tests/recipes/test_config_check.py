@@ -176,8 +176,11 @@ def test_every_problem_is_reported_in_one_message(tmp_path):
 def test_stage_max_steps_below_warmup_and_swd_sections():
     config = _tiny_yaml()
     config["pbm"]["stages"][0]["max_steps"] = 1
-    with pytest.raises(ConfigKeyError, match=r"pbm.stages\[0\].max_steps \(1\) is below"):
+    config["pbm"]["stages"][1]["max_steps"] = 12.5
+    with pytest.raises(ConfigKeyError) as info:
         check_config(config)
+    assert "pbm.stages[0].max_steps (1) is below" in str(info.value)
+    assert "pbm.stages[1]: step_scheduler.max_steps: expected an integer or null, got 12.5" in str(info.value)
     swd = yaml.safe_load((RECIPES / "bard_swd_tiny.yaml").read_text())
     swd["teacher"]["block_size"] = "four"
     swd["distill"]["top_k"] = 16.5
