@@ -139,7 +139,12 @@ def _prepare(args: argparse.Namespace):
     from nemo_automodel_bard.data.chat import BadSampleError, load_video
 
     config = _check_arguments(args)
-    processor = AutoProcessor.from_pretrained(args.model)
+    try:
+        processor = AutoProcessor.from_pretrained(args.model)
+    except OSError as err:
+        if config is None:  # neither a local folder nor (it turns out) a Hub model
+            raise ValueError(f"model folder not found: {args.model} (nor a Hub model of that name: {err})") from None
+        raise
     _check_prompt_text(processor, args.prompt, args.system_prompt)
     mask_id = args.mask_token_id
     if mask_id is None and config is not None:

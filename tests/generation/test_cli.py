@@ -96,6 +96,18 @@ def test_unconverted_ar_checkpoint_and_missing_folder_are_refused(checkpoints, t
     assert "not a Bard-VL checkpoint (model_type 'qwen3_vl')" in err and "bard convert --from" in err
     assert _run(tmp_path / "no" / "such" / "ckpt") == 2
     assert "model folder not found" in capsys.readouterr().err
+    # `org/name` that is not a folder here goes to the Hub (offline here: stubbed), and the error
+    # still names the folder
+    from transformers import AutoProcessor
+
+    def no_hub(name, *args, **kwargs):
+        raise OSError(f"{name} is not on the Hub")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(AutoProcessor, "from_pretrained", no_hub)
+        assert _run("no_such_org/no_such_model") == 2
+    err = capsys.readouterr().err
+    assert "model folder not found: no_such_org/no_such_model" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("suffix", [".mp4", ".webm"])
