@@ -176,7 +176,11 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         for loader in (self.dataloader, self.val_dataloader):
             dataset = getattr(loader, "dataset", None)
             if hasattr(dataset, "summary"):
-                (logger.warning if dataset.stats else logger.info)("%s", dataset.summary())
+                workers = int(getattr(loader, "num_workers", 0) or 0)
+                note = "" if workers == 0 else (
+                    f" (rows checked at load; rows read by the {workers} dataloader workers are counted in "
+                    "their own warnings above)")
+                (logger.warning if dataset.stats else logger.info)("%s%s", dataset.summary(), note)
 
     # ------------------------------------------------------------------ hooks
     def _device(self) -> torch.device:
