@@ -26,6 +26,8 @@ Public API (stable; other areas' tests may use it):
 * ``released_layout_config(config) -> dict``: ``config.json`` as the released Bard-VL
   checkpoints write it (transformers 4.57 keys, ``bard_vl`` sub-config model types,
   ``rope_scaling``, misspelled ``architectures``, no ``mask_token_id``/``block_size``).
+* ``write_tiny_video(path, *, frames=8, size=32, fps=4) -> Path``: a small ``.mp4`` / ``.webm``
+  written with PyAV (a qwen-vl-utils dependency), for the video-file paths.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ __all__ = [
     "save_tiny_checkpoint",
     "save_tiny_qwen3vl_checkpoint",
     "released_layout_config",
+    "write_tiny_video",
 ]
 
 _SPECIALS = [
@@ -266,3 +269,24 @@ def released_layout_config(config: BardVLConfig) -> dict:
     text["rope_scaling"] = rope  # 4.57 kept mrope_section / mrope_interleaved here
     data["vision_config"]["model_type"] = "bard_vl"
     return json.loads(json.dumps(data))
+
+
+def write_tiny_video(path: str | Path, *, frames: int = 8, size: int = 32, fps: int = 4) -> Path:
+    """Encode a small moving-gradient video (``.mp4``: MPEG-4, ``.webm``: VP8) with PyAV."""
+    import av
+    import numpy as np
+
+    path = Path(path)
+    codec = {".mp4": "mpeg4", ".webm": "libvpx"}[path.suffix.lower()]
+    ramp = np.linspace(0, 255, size, dtype=np.float32)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = size, size, "yuv420p"
+        for index in range(frames):
+            red = np.broadcast_to((ramp + 16 * index) % 256, (size, size))
+            pixels = np.stack([red, red.T, np.full_like(red, 32 * (index % 8))], -1).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path

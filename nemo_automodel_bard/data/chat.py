@@ -47,11 +47,17 @@ class ChatRow:
 
 def _jsonl_rows(path: Path, root_dir: Path) -> list[ChatRow]:
     rows = []
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:  # bytes: one bad line must not abort the whole file
+        for lineno, raw in enumerate(handle, start=1):
+            source = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                reason = f"not UTF-8 (byte {raw[exc.start]:#04x} at column {exc.start + 1})"
+                rows.append(ChatRow(messages=BadSampleError(source, reason), source=source, root_dir=root_dir))
+                continue
             if not line.strip():
                 continue
-            source = f"{path}:{lineno}"
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:

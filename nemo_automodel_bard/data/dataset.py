@@ -21,7 +21,10 @@ response (the recipe checks that ``bard.packing.pack_size`` holds the resulting 
 (``too_long: truncate``; vision tokens are in the prompt and never cut) or dropped
 (``too_long: drop``, or when the prompt alone reaches ``max_length``), each with a
 warning naming the row and the running counts. Skipped and dropped rows are replaced by the
-next good row (deterministically), so batch sizes stay fixed.
+next good row (deterministically), so batch sizes stay fixed. Each row is counted once however
+many epochs meet it (a skipped row is not read again); :meth:`summary` gives the totals, which
+the recipe logs at the end of the run (per process: with ``num_workers > 0`` each worker
+counts, and logs, the rows it read).
 
 The processor and block size are bound by the recipe (:meth:`bind`) after AutoModel built the
 dataset: AutoModel hands a dataset factory only a tokenizer.
@@ -107,6 +110,8 @@ class BardChatDataset(torch.utils.data.Dataset):
         self.too_long = too_long
         self.block_size = int(block_size)
         self.stats: Counter[str] = Counter()
+        self._counted: set[tuple[int, str]] = set()  # (row, outcome): each row counts once, not once per epoch
+        self._unusable: set[int] = set()  # rows skipped or dropped at read time: not read again
         self.processor = None
         if (path_or_dataset is None) == (rows is None):
             raise ValueError("BardChatDataset needs exactly one of path_or_dataset and rows")
@@ -204,17 +209,28 @@ class BardChatDataset(torch.utils.data.Dataset):
             sample["video_grid_thw"] = encoded["video_grid_thw"]
         return sample
 
-    def _fit(self, sample: dict[str, Any]) -> dict[str, Any] | None:
+    def _count(self, position: int | None, outcome: str) -> None:
+        if position is None or (position, outcome) not in self._counted:
+            self.stats[outcome] += 1
+            if position is not None:
+                self._counted.add((position, outcome))
+
+    def summary(self) -> str:
+        """One line: rows skipped, dropped and truncated so far (each row counted once)."""
+        counts = ", ".join(f"{key}: {value}" for key, value in sorted(self.stats.items()))
+        return f"BardChatDataset: {len(self.rows)} rows; {counts or 'no row skipped, dropped or truncated'}"
+
+    def _fit(self, sample: dict[str, Any], position: int | None = None) -> dict[str, Any] | None:
         """Apply ``max_length`` to ``P + R``: the sample, a response-truncated copy, or None (drop)."""
         prompt_len, response_len = sample["prompt_ids"].numel(), sample["response_ids"].numel()
         if prompt_len + response_len <= self.max_length:
             return sample
         room = self.max_length - prompt_len
         if self.too_long == "drop" or room < 1:
-            self.stats["dropped: too long"] += 1
+            self._count(position, "dropped: too long")
             action = "dropped"
         else:
-            self.stats["truncated"] += 1
+            self._count(position, "truncated")
             action = f"truncated the response to {room} tokens:"
         logger.warning(
             "BardChatDataset max_length: %s %s (P %d + R %d > max_length %d); %d truncated, %d dropped so far",
@@ -226,13 +242,17 @@ class BardChatDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         # A skipped/dropped row is replaced by the next one: fixed batch sizes, deterministic.
         for attempt in range(len(self.rows)):
-            row = self.rows[(index + attempt) % len(self.rows)]
+            position = (index + attempt) % len(self.rows)
+            if position in self._unusable:
+                continue
+            row = self.rows[position]
             try:
-                sample = self._fit(self._tokenize(row))
+                sample = self._fit(self._tokenize(row), position)
             except BadSampleError as exc:
                 if self.on_bad_sample == "error":
                     raise
-                self.stats[f"skipped: {exc.reason.split(' (')[0]}"] += 1
+                self._unusable.add(position)
+                self._count(position, f"skipped: {exc.reason.split(' (')[0]}")
                 logger.warning("BardChatDataset: skipped %s (%d skipped so far)", exc, sum(
                     v for k, v in self.stats.items() if k.startswith("skipped")))
                 continue

@@ -13,8 +13,8 @@ Pure tensor functions (bard_spec.md section 3, decision D11). Conventions:
 * ``mixed`` (the paper's mask + uniform noise): with ``phi = pi t / 2`` a token becomes
   ``[MASK]`` / a uniform substitute / stays, with weights ``1 - cos phi``,
   ``sin phi + cos phi - 1``, ``1 - sin phi`` (each clamped to ``[0.001, 1]``, then
-  renormalised). Substitutes are drawn from ``substitute_ids`` (no special, vision or mask
-  ids, D11) and always differ from the clean token, so "corrupted" == "input != label".
+  renormalised). Substitutes are drawn from ``substitute_ids`` (no added, special, vision or
+  mask ids, D11: :func:`tokenizer_substitute_ids`) and always differ from the clean token, so "corrupted" == "input != label".
 
 Every random draw takes an explicit ``torch.Generator``: a step-seeded generator makes the
 noise a function of the training step, which is what makes resume bit-exact.
@@ -32,6 +32,7 @@ __all__ = [
     "sample_block_times",
     "mixed_probabilities",
     "substitute_vocabulary",
+    "tokenizer_substitute_ids",
     "mask_noise",
     "mixed_noise",
 ]
@@ -90,6 +91,24 @@ def substitute_vocabulary(vocab_size: int, exclude: Iterable[int]) -> torch.Tens
     if ids.numel() < 2:
         raise ValueError("substitute vocabulary needs at least two ids")
     return ids
+
+
+def tokenizer_substitute_ids(tokenizer, config, mask_token_id: int) -> torch.Tensor:
+    """Substitutes for ``mixed`` noise: the tokenizer's ordinary vocabulary (D11).
+
+    Excluded: every token added to the tokenizer (special or not: chat markers, ``<think>``-style
+    added tokens, reserved placeholders), the tokenizer's special ids, the config's vision ids
+    and the mask id. Ids beyond the tokenizer (spare embedding rows) are never drawn.
+    """
+    exclude = set(getattr(tokenizer, "all_special_ids", None) or [])
+    exclude |= set(getattr(tokenizer, "added_tokens_decoder", {}) or {})
+    for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
+        if getattr(config, name, None) is not None:
+            exclude.add(int(getattr(config, name)))
+    exclude.add(int(mask_token_id))
+    text_config = getattr(config, "text_config", config)
+    vocab = int(text_config.vocab_size) if tokenizer is None else min(len(tokenizer), int(text_config.vocab_size))
+    return substitute_vocabulary(vocab, exclude)
 
 
 def mask_noise(

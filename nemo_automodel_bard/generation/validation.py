@@ -1,15 +1,38 @@
-"""Argument and prompt checks for ``generate``: every bad input fails before any forward."""
+"""Argument, model and prompt checks for ``generate``: every bad input fails before any forward.
+
+The model-free checks (:func:`check_decode_arguments`, :func:`check_mask_token_unused`,
+:func:`check_checkpoint_config`) also run in ``bard generate`` before the weights load.
+"""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from nemo_automodel_bard.generation.sampling import REMASKING_STRATEGIES
 from nemo_automodel_bard.models.bard_vl.configuration import DEFAULT_EOS_TOKEN_ID, PROMPT_ATTENTION_CHOICES
 
-__all__ = ["DecodeOptions", "resolve_options", "check_prompt"]
+__all__ = [
+    "DecodeOptions",
+    "NotBardVLError",
+    "resolve_options",
+    "check_decode_arguments",
+    "check_bard_model",
+    "check_mask_token_unused",
+    "check_checkpoint_config",
+    "check_mask_id_in_config_json",
+    "check_prompt",
+]
+
+CONVERT_HINT = "convert an autoregressive Qwen3-VL first: bard convert --from AR_DIR --to BARD_DIR, then train it"
+
+
+class NotBardVLError(ValueError):
+    """The model (or checkpoint) is not a Bard-VL, or its mask id is not a free embedding row."""
 
 
 @dataclass(frozen=True)
@@ -67,7 +90,7 @@ def resolve_options(
     eos_token_id,
     prompt_attention=None,
 ) -> DecodeOptions:
-    """Check every argument; raise ValueError naming it and its allowed values.
+    """Check every argument and the model; raise ValueError naming the problem and its allowed values.
 
     ``block_size`` and ``prompt_attention`` default (None) to the checkpoint's config, the
     values it was trained with; ``denoising_steps`` defaults to ``block_size`` (one token per
@@ -83,35 +106,27 @@ def resolve_options(
         prompt_attention = getattr(model.config, "prompt_attention", "block")
     if prompt_attention not in PROMPT_ATTENTION_CHOICES:
         raise ValueError(f"prompt_attention must be one of {PROMPT_ATTENTION_CHOICES}, got {prompt_attention!r}")
-    _positive_int("max_new_tokens", max_new_tokens)
-    _positive_int("block_size", block_size)
-    _positive_int("denoising_steps", denoising_steps)
-    if remasking_strategy not in REMASKING_STRATEGIES:
-        raise ValueError(f"remasking_strategy must be one of {REMASKING_STRATEGIES}, got {remasking_strategy!r}")
-    if remasking_strategy == "low_confidence_static" and denoising_steps > block_size:
-        raise ValueError(
-            f"denoising_steps must be in [1, block_size={block_size}] for low_confidence_static "
-            f"(a step must commit at least one token), got {denoising_steps}"
-        )
-    if not 0.0 <= float(confidence_threshold) <= 1.0:
-        raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold!r}")
-    if not float(temperature) >= 0.0:
-        raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
-        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
-    if not 0.0 < float(top_p) <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
-
+    check_decode_arguments(
+        max_new_tokens=max_new_tokens,
+        block_size=block_size,
+        denoising_steps=denoising_steps,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        remasking_strategy=remasking_strategy,
+        confidence_threshold=confidence_threshold,
+    )
     vocab = model.config.get_text_config().vocab_size
     mask_id = mask_token_id if mask_token_id is not None else getattr(model.config, "mask_token_id", None)
     if mask_id is None:
         raise ValueError(
             "mask_token_id is not set: the config has no mask_token_id; pass generate(mask_token_id=...) "
-            "or set config.mask_token_id (bard-convert does)"
+            "(bard generate --mask-token-id N) or set config.mask_token_id (bard convert does)"
         )
     if isinstance(mask_id, bool) or not isinstance(mask_id, int) or not 0 <= mask_id < vocab:
         raise ValueError(f"mask_token_id must be an int in [0, vocab_size={vocab}), got {mask_id!r}")
     eos = _eos_ids(model, eos_token_id)
+    check_bard_model(model, mask_id)
     if mask_id in eos:
         raise ValueError(f"mask_token_id {mask_id} must differ from eos_token_id {list(eos)}")
     # Never commit the mask token (upstream could); also never pad unless it is an EOS.
@@ -133,6 +148,138 @@ def resolve_options(
         banned_token_ids=tuple(banned),
         causal_prompt=prompt_attention == "causal",
     )
+
+
+def check_decode_arguments(
+    *,
+    max_new_tokens,
+    block_size,
+    denoising_steps,
+    temperature,
+    top_k,
+    top_p,
+    remasking_strategy,
+    confidence_threshold,
+) -> None:
+    """Model-free argument checks (``bard generate`` runs them before loading weights).
+
+    ``block_size`` / ``denoising_steps`` may be None (not given: the checkpoint's config decides,
+    and :func:`resolve_options` checks the resolved values).
+    """
+    _positive_int("max_new_tokens", max_new_tokens)
+    if block_size is not None:
+        _positive_int("block_size", block_size)
+    if denoising_steps is not None:
+        _positive_int("denoising_steps", denoising_steps)
+    if remasking_strategy not in REMASKING_STRATEGIES:
+        raise ValueError(f"remasking_strategy must be one of {REMASKING_STRATEGIES}, got {remasking_strategy!r}")
+    if (
+        remasking_strategy == "low_confidence_static"
+        and None not in (block_size, denoising_steps)
+        and denoising_steps > block_size
+    ):
+        raise ValueError(
+            f"denoising_steps must be in [1, block_size={block_size}] for low_confidence_static "
+            f"(a step must commit at least one token), got {denoising_steps}"
+        )
+    if not 0.0 <= float(confidence_threshold) <= 1.0:
+        raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold!r}")
+    # inf would turn every logit into 0/inf = NaN probabilities; NaN fails every comparison.
+    if not (math.isfinite(float(temperature)) and float(temperature) >= 0.0):
+        raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0:
+        raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {top_k!r}")
+    if not 0.0 < float(top_p) <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p!r}")
+
+
+def _special_ids(config) -> dict[int, str]:
+    """Token ids the config gives a meaning (vision placeholders, bos/eos/pad) -> the key naming them."""
+    text = config.get_text_config()
+    named = {}
+    for owner in (text, config):
+        for key in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id",
+                    "bos_token_id", "eos_token_id", "pad_token_id"):
+            value = getattr(owner, key, None)
+            for token_id in [value] if isinstance(value, int) else list(value or []):
+                named.setdefault(token_id, key)
+    return named
+
+
+def check_bard_model(model, mask_id: int) -> None:
+    """Refuse a model that is not a Bard-VL, or whose ``mask_id`` is not a real, unused embedding row.
+
+    Cheap config-only checks: an autoregressive Qwen3-VL loaded through the Bard-VL class keeps
+    ``architectures: [Qwen3VLForConditionalGeneration]`` and would decode meaningless text.
+    """
+    config = model.config
+    if getattr(config, "model_type", None) != "bard_vl":
+        raise NotBardVLError(
+            f"generate() needs a Bard-VL model, got model_type {getattr(config, 'model_type', None)!r}; {CONVERT_HINT}"
+        )
+    architectures = list(getattr(config, "architectures", None) or [])
+    if architectures and not any(str(name).startswith("BardVL") for name in architectures):
+        raise NotBardVLError(
+            f"this checkpoint is not a Bard-VL (config architectures {architectures}): block-diffusion decoding "
+            f"of an autoregressive model prints meaningless text; {CONVERT_HINT}"
+        )
+    rows = model.get_input_embeddings().num_embeddings
+    if not 0 <= mask_id < rows:
+        raise NotBardVLError(f"mask_token_id {mask_id} is not a row of the embedding table ({rows} rows)")
+    used = _special_ids(config)
+    if mask_id in used:
+        raise NotBardVLError(
+            f"mask_token_id {mask_id} is the config's {used[mask_id]}, not a free embedding row; pass the id "
+            "bard convert registered (config.json mask_token_id)"
+        )
+
+
+def check_mask_token_unused(tokenizer, mask_id: int) -> None:
+    """Refuse a ``mask_id`` that the tokenizer uses for an ordinary token or a named special.
+
+    Free: beyond the tokenizer (a spare row, as in the released checkpoints) or an added special
+    token such as the ``<|mask|>`` that ``bard convert`` registers.
+    """
+    token = tokenizer.convert_ids_to_tokens(mask_id)
+    if token is None:
+        return
+    added = getattr(tokenizer, "added_tokens_decoder", {}).get(mask_id)
+    named = {getattr(tokenizer, f"{name}_token", None) for name in ("bos", "eos", "pad", "unk")}
+    if added is None or not getattr(added, "special", False) or token in named:
+        raise NotBardVLError(
+            f"mask_token_id {mask_id} is the tokenizer's token {token!r}, which prompts and answers use; "
+            f"pass --mask-token-id with the id bard convert registered (config.json mask_token_id)"
+        )
+
+
+def check_mask_id_in_config_json(config: dict, mask_id: int) -> None:
+    """Refuse a ``mask_id`` that a ``*_token_id`` of ``config.json`` (or its text config) already names."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else {}
+    for key, value in {**text, **config}.items():
+        ids = value if isinstance(value, list) else [value]
+        if key.endswith("_token_id") and key != "mask_token_id" and mask_id in ids:
+            raise NotBardVLError(
+                f"mask_token_id {mask_id} is config.json's {key}, not a free embedding row; pass the id "
+                "bard convert registered (config.json mask_token_id)"
+            )
+
+
+def check_checkpoint_config(path: str | Path) -> dict:
+    """Read ``path/config.json`` and refuse folders that are missing or not Bard-VL checkpoints."""
+    path = Path(path)
+    if not path.exists():
+        raise NotBardVLError(f"model folder not found: {path}")
+    config_path = path / "config.json"
+    if not path.is_dir() or not config_path.is_file():
+        raise NotBardVLError(f"{path} is not a checkpoint folder (no config.json)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise NotBardVLError(f"{config_path} is not valid JSON: {err}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "bard_vl":
+        raise NotBardVLError(f"{path} is not a Bard-VL checkpoint (model_type {model_type!r}); {CONVERT_HINT}")
+    return config
 
 
 def check_prompt(model, inputs: dict) -> None:

@@ -40,7 +40,7 @@ from nemo_automodel_bard.diffusion.layout import (
     max_layout_length,
 )
 from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
-from nemo_automodel_bard.diffusion.noise import substitute_vocabulary
+from nemo_automodel_bard.diffusion.noise import tokenizer_substitute_ids
 from nemo_automodel_bard.data.conversation import CONVERSATION_DATASET_TARGET
 from nemo_automodel_bard.recipes import run_guard
 from nemo_automodel_bard.recipes.config_check import (
@@ -358,17 +358,8 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         )
 
     def _substitute_ids(self, config: Any) -> torch.Tensor:
-        """Uniform-noise substitutes: the tokenizer's ids minus special, vision and mask ids (D11)."""
-        tokenizer = getattr(self.processor, "tokenizer", self.processor)
-        exclude = set(getattr(tokenizer, "all_special_ids", []) or [])
-        exclude |= {i for i, tok in getattr(tokenizer, "added_tokens_decoder", {}).items() if tok.special}
-        for name in ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id"):
-            if getattr(config, name, None) is not None:
-                exclude.add(int(getattr(config, name)))
-        exclude.add(int(self.mask_token_id))
-        text_config = getattr(config, "text_config", config)
-        vocab = min(len(tokenizer), int(text_config.vocab_size)) if tokenizer is not None else int(text_config.vocab_size)
-        return substitute_vocabulary(vocab, exclude)
+        """Uniform-noise substitutes: the tokenizer's ids minus every added, special, vision and mask id (D11)."""
+        return tokenizer_substitute_ids(getattr(self.processor, "tokenizer", self.processor), config, self.mask_token_id)
 
     # ------------------------------------------------------------------ hooks
     def _device(self) -> torch.device:
@@ -445,11 +436,24 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
 
     # ------------------------------------------------------------------ AutoModel overrides
     def run_train_validation_loop(self):
-        """AutoModel's loop; the checkpoint-folder lock is released however it ends."""
+        """AutoModel's loop, then the datasets' skip/drop/truncation totals (never silent);
+        the checkpoint-folder lock is released however it ends."""
         try:
-            return super().run_train_validation_loop()
+            result = super().run_train_validation_loop()
+            self._log_data_summary()
+            return result
         finally:
             self.checkpoint_lock.release()
+
+    def _log_data_summary(self) -> None:
+        for loader in (self.dataloader, self.val_dataloader):
+            dataset = getattr(loader, "dataset", None)
+            if hasattr(dataset, "summary"):
+                workers = int(getattr(loader, "num_workers", 0) or 0)
+                note = "" if workers == 0 else (
+                    f" (rows checked at load; rows read by the {workers} dataloader workers are counted in "
+                    "their own warnings above)")
+                (logger.warning if dataset.stats else logger.info)("%s%s", dataset.summary(), note)
 
     def log_train_metrics(self, log_data):
         """AutoModel's logging, then flush training.jsonl (a SIGKILL loses no logged step)."""

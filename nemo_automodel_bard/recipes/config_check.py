@@ -22,7 +22,13 @@ pbm:
 from __future__ import annotations
 
 import dataclasses
+import enum
+import importlib
+import re
+import types
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from nemo_automodel_bard.diffusion.loss import NORMALIZATIONS
@@ -43,6 +49,9 @@ __all__ = [
     "PBMStage",
     "PBMSettings",
     "check_top_level_keys",
+    "check_config",
+    "AUTOMODEL_TYPED_SECTIONS",
+    "REQUIRED_SECTIONS",
     "plain_config",
 ]
 
@@ -113,13 +122,68 @@ class ConfigKeyError(ValueError):
 
 
 def settings_from_mapping(cls, node: Mapping[str, Any] | None, section: str):
-    """Build a settings dataclass from a YAML section, rejecting unknown keys by name (D12)."""
+    """Build a settings dataclass from a YAML section, rejecting unknown keys and wrong types by name (D12)."""
     values = dict(node or {})
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - names)
     if unknown:
         raise ConfigKeyError(f"unknown key(s) in `{section}:`: {', '.join(unknown)}; allowed: {', '.join(sorted(names))}")
+    hints = typing.get_type_hints(cls)
+    for key, value in values.items():
+        problem = type_problem(value, hints.get(key, Any))
+        if problem:
+            raise ConfigKeyError(f"{section}.{key}: {problem}")
     return cls(**values)
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", type(None): "null"}
+
+
+def _type_name(hint: Any) -> str:
+    return _TYPE_NAMES.get(hint) or getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def type_problem(value: Any, hint: Any) -> str | None:
+    """Why ``value`` does not fit the annotation ``hint`` (None if it does or the hint is too loose to check).
+
+    YAML gives ints, floats, bools, strings, lists, dicts and null: ``4.5`` for an ``int`` is an
+    error (no silent truncation), an int for a ``float`` is fine, a string for a ``Path`` too.
+    """
+    if hint is Any or isinstance(hint, typing.TypeVar):
+        return None
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        options = typing.get_args(hint)
+        if all(type_problem(value, option) for option in options):
+            return f"expected {' or '.join(_type_name(o) for o in options)}, got {value!r} ({type(value).__name__})"
+        return None
+    if origin is Literal:
+        allowed = typing.get_args(hint)
+        return None if value in allowed else f"must be one of {list(allowed)}, got {value!r}"
+    if hint is type(None):
+        return None if value is None else f"expected null, got {value!r}"
+    if origin in (list, tuple, set):
+        return None if isinstance(value, (list, tuple)) else f"expected a list, got {value!r} ({type(value).__name__})"
+    if origin is dict or hint is dict:
+        return None if isinstance(value, Mapping) else f"expected a mapping, got {value!r} ({type(value).__name__})"
+    if hint is bool:
+        return None if isinstance(value, bool) else f"expected true or false, got {value!r} ({type(value).__name__})"
+    if hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        return None if ok else f"expected an integer, got {value!r} ({type(value).__name__})"
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        return None if ok else f"expected a number, got {value!r} ({type(value).__name__})"
+    if hint is str:
+        return None if isinstance(value, str) else f"expected a string, got {value!r} ({type(value).__name__})"
+    if isinstance(hint, type) and issubclass(hint, Path):
+        return None if isinstance(value, (str, Path)) else f"expected a path, got {value!r}"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        allowed = [m.value for m in hint] + [m.name for m in hint]
+        return None if value in allowed or isinstance(value, hint) else f"must be one of {allowed}, got {value!r}"
+    if dataclasses.is_dataclass(hint) and isinstance(value, Mapping):
+        return None
+    return None  # a type YAML cannot spell directly: left to its consumer
 
 
 def plain_config(node: Any) -> Any:
@@ -226,7 +290,10 @@ class PBMStage:
         where = f"pbm.stages[{index}]"
         if "block_size" not in values:
             raise ConfigKeyError(f"{where}: `block_size` is required")
-        block_size = int(values.pop("block_size"))
+        block_size = values.pop("block_size")
+        problem = type_problem(block_size, int)
+        if problem:
+            raise ConfigKeyError(f"{where}.block_size: {problem}")
         if block_size <= 0:
             raise ValueError(f"{where}.block_size must be positive")
         name = values.pop("name", None)
@@ -278,3 +345,166 @@ def check_top_level_keys(config: Mapping[str, Any], extra_sections: frozenset[st
             "packed_sequence.pack_size: AutoModel's VLM packing shifts labels and only builds block-causal masks; "
             "use bard.packing.pack_size instead"
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole config, before any model loads: every problem found, in one message.
+
+# Sections AutoModel 0.7 parses into typed configs (recipes/_typed_config.py): the dataclass whose
+# fields are the accepted keys, plus the keys AutoModel reads beside them.
+AUTOMODEL_TYPED_SECTIONS: dict[str, tuple[str, dict[str, Any]]] = {
+    "step_scheduler": (
+        "nemo_automodel.components.training.step_scheduler:StepSchedulerConfig",
+        {"local_batch_size": int, "dp_size": int | None, "dataloader": Any},
+    ),
+    "lr_scheduler": ("nemo_automodel.components.optim.optimizer:LRSchedulerConfig", {}),
+    "checkpoint": ("nemo_automodel.components.checkpoint.config:CheckpointingConfig", {"restore_from": str | None}),
+}
+# Sections a recipe cannot run without.
+REQUIRED_SECTIONS = ("model", "dataset", "optimizer")
+# Sections whose ``_target_`` is imported by AutoModel: a typo is reported here, not after loading.
+_TARGET_SECTIONS = ("model", "optimizer", "dataset", "validation_dataset", "teacher_model")
+_MODEL_PATH_SECTIONS = ("model", "teacher_model")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _load(spec: str) -> Any:
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _section_problems(section: str, node: Any) -> list[str]:
+    spec, extra = AUTOMODEL_TYPED_SECTIONS[section]
+    if not isinstance(node, Mapping):
+        return [f"`{section}:` must be a mapping, got {node!r}"]
+    cls = _load(spec)
+    hints = {**typing.get_type_hints(cls), **extra}
+    problems = []
+    for key, value in node.items():
+        if key == "_target_":
+            continue
+        if key not in hints:
+            problems.append(f"unknown key `{section}.{key}` (AutoModel accepts: {', '.join(sorted(hints))})")
+            continue
+        problem = type_problem(value, hints[key])
+        if problem:
+            problems.append(f"{section}.{key}: {problem}")
+    return problems
+
+
+def _distributed_problems(node: Any) -> list[str]:
+    if node is None:
+        return []
+    if not isinstance(node, Mapping):
+        return [f"`distributed:` must be a mapping, got {node!r}"]
+    from nemo_automodel.recipes._dist_utils import parse_distributed_section
+
+    try:  # AutoModel's own parser: builds the strategy dataclass, no process group, no model
+        parse_distributed_section(dict(node))
+    except (TypeError, ValueError, KeyError) as exc:
+        return [f"distributed: {exc}"]
+    return []
+
+
+def _target_problems(section: str, node: Any) -> list[str]:
+    if not isinstance(node, Mapping) or not isinstance(node.get("_target_"), str):
+        return []
+    target = node["_target_"]
+    module, _, attr = target.rpartition(".")
+    try:
+        owner = importlib.import_module(module)
+    except ImportError:
+        # `package.Class.method`: import the class's module, then walk the attributes.
+        head, _, cls_name = module.rpartition(".")
+        try:
+            owner = getattr(importlib.import_module(head), cls_name)
+        except (ImportError, AttributeError, ValueError):
+            return [f"{section}._target_: cannot import {target!r}"]
+    if not hasattr(owner, attr):
+        return [f"{section}._target_: {module!r} has no {attr!r}"]
+    return []
+
+
+def model_path_problem(key: str, value: Any) -> str | None:
+    """A ``pretrained_model_name_or_path`` that is neither an existing folder nor a Hub id."""
+    if not isinstance(value, str) or "${" in value:
+        return None
+    path = Path(value).expanduser()
+    if path.exists():
+        return None if path.is_dir() else f"{key}: {value} is not a folder"
+    if _HUB_ID.match(value) and not value.startswith((".", "~")):
+        return None  # a Hub id (or a relative folder that is missing: the Hub lookup says so)
+    return f"{key}: folder not found: {value}"
+
+
+def _warmup_problems(config: Mapping[str, Any], pbm: PBMSettings | None) -> list[str]:
+    steps = (config.get("step_scheduler") or {}).get("max_steps") if isinstance(config.get("step_scheduler"), Mapping) else None
+    warmup = (config.get("lr_scheduler") or {}).get("lr_warmup_steps") if isinstance(config.get("lr_scheduler"), Mapping) else None
+    runs = [("step_scheduler.max_steps", steps, warmup)]
+    for index, stage in enumerate(pbm.stages if pbm else ()):
+        runs.append((
+            f"pbm.stages[{index}].max_steps",
+            stage.overrides.get("step_scheduler.max_steps", steps),
+            stage.overrides.get("lr_scheduler.lr_warmup_steps", warmup),
+        ))
+    problems = []
+    for key, max_steps, warm in runs:
+        numbers = all(isinstance(v, int) and not isinstance(v, bool) for v in (max_steps, warm))
+        if numbers and max_steps < warm:
+            problems.append(
+                f"{key} ({max_steps}) is below lr_scheduler.lr_warmup_steps ({warm}): the run would end inside "
+                "the warm-up; raise max_steps or lower lr_warmup_steps"
+            )
+    return problems
+
+
+def _collect(problems: list[str], check, *args) -> Any:
+    try:
+        return check(*args)
+    except (ValueError, TypeError) as exc:
+        problems.append(str(exc))
+        return None
+
+
+def check_config(config: Mapping[str, Any], extra_sections: frozenset[str] = frozenset(), *,
+                 check_paths: bool = False) -> None:
+    """Every model-free check of a recipe config; one ``ConfigKeyError`` listing all problems.
+
+    Unknown top-level sections, ``bard:``/``pbm:``/``teacher:``/``distill:`` keys and types,
+    the keys and types of the sections AutoModel parses into typed configs, ``distributed:``
+    through AutoModel's own parser, missing sections, importable ``_target_``s, ``max_steps``
+    below the warm-up and (``check_paths``) local model folders that do not exist.
+    """
+    problems: list[str] = []
+    _collect(problems, check_top_level_keys, config, extra_sections)
+    for section in REQUIRED_SECTIONS:
+        if not config.get(section):
+            problems.append(f"missing section `{section}:`")
+    _collect(problems, BardSettings.from_mapping, config.get("bard"))
+    pbm = _collect(problems, PBMSettings.from_mapping, config.get("pbm"), AUTOMODEL_SECTIONS | BARD_SECTIONS | extra_sections)
+    for section in AUTOMODEL_TYPED_SECTIONS:
+        if config.get(section) is not None:
+            problems += _section_problems(section, config[section])
+    for index, stage in enumerate(pbm.stages if pbm else ()):
+        for dotted, value in stage.overrides.items():
+            section, _, key = dotted.partition(".")
+            if section in AUTOMODEL_TYPED_SECTIONS and "." not in key:
+                problems += [f"pbm.stages[{index}]: {problem}" for problem in _section_problems(section, {key: value})]
+    problems += _distributed_problems(config.get("distributed"))
+    for section in _TARGET_SECTIONS:
+        problems += _target_problems(section, config.get(section))
+    if {"teacher", "distill", "teacher_model"} & set(config):
+        from nemo_automodel_bard.recipes.swd_config import swd_section_problems
+
+        problems += swd_section_problems(config)
+    problems += _warmup_problems(config, pbm)
+    if check_paths:
+        for section in _MODEL_PATH_SECTIONS:
+            node = config.get(section)
+            if isinstance(node, Mapping):
+                problem = model_path_problem(f"{section}.pretrained_model_name_or_path", node.get("pretrained_model_name_or_path"))
+                if problem:
+                    problems.append(problem)
+    if problems:
+        unique = list(dict.fromkeys(problems))
+        raise ConfigKeyError(f"{len(unique)} problem(s) in the config:\n  - " + "\n  - ".join(unique))

@@ -98,10 +98,21 @@ def resolve_config(recipe: str | None, config: str | None) -> tuple[dict[str, An
     """Load the YAML for ``--recipe`` / ``--config`` and set its recipe target."""
     if recipe is None and config is None:
         raise SystemExit("bard finetune: give --recipe NAME and/or a config YAML")
-    path = Path(config) if config else packaged_yaml(RECIPES[recipe][1] if recipe in RECIPES else recipe)
+    try:
+        path = Path(config) if config else packaged_yaml(RECIPES[recipe][1] if recipe in RECIPES else recipe)
+    except FileNotFoundError:
+        raise SystemExit(
+            f"bard finetune: unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)} or a packaged YAML "
+            f"({', '.join(list_packaged_yamls())}), or pass your own YAML"
+        ) from None
     if not path.is_file():
         raise SystemExit(f"bard finetune: config {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SystemExit(f"bard finetune: {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise SystemExit(f"bard finetune: {path} must hold a mapping of sections, got {type(data).__name__}")
     if recipe in RECIPES:
         data["recipe"] = {"_target_": RECIPES[recipe][0]}
     elif recipe is not None and config is not None:
@@ -145,20 +156,28 @@ def run_in_process(config_path: str | Path, overrides: list[str]) -> Any:
 
 
 def _validate(data: dict[str, Any], overrides: list[str]) -> None:
-    """Run the recipe's model-free config checks on the YAML + overrides (if it has them)."""
+    """Every model-free check on the YAML + overrides: ``check_config`` (all problems in one
+    message, model folders included), then the recipe's own ``validate_config`` (if any)."""
     from nemo_automodel.components.config.loader import ConfigNode, translate_value
 
-    from nemo_automodel_bard.recipes.config_check import plain_config
+    from nemo_automodel_bard.recipes.config_check import check_config, plain_config
 
-    recipe_cls = _recipe_class(data["recipe"])
-    if not hasattr(recipe_cls, "validate_config"):
-        return
+    try:
+        recipe_cls = _recipe_class(data["recipe"])
+    except (ImportError, AttributeError, ValueError):
+        raise ValueError(f"recipe._target_: cannot import {data['recipe']!r}") from None
     # AutoModel's launcher removes its section before the recipe sees the YAML
     node = ConfigNode({k: v for k, v in data.items() if k not in REMOTE_LAUNCHERS})
     for override in overrides:
         key, _, value = override.lstrip("-").partition("=")
         node.set_by_dotted(key, translate_value(value))
-    recipe_cls.validate_config(plain_config(node))
+    config = plain_config(node)
+    if not recipe_cls.__module__.startswith("nemo_automodel_bard."):
+        return  # AutoModel's own recipes (toy stage 0) check their configs themselves
+    stage_cls = getattr(recipe_cls, "stage_recipe_cls", recipe_cls)
+    check_config(config, getattr(stage_cls, "extra_config_sections", frozenset()), check_paths=True)
+    if hasattr(recipe_cls, "validate_config"):
+        recipe_cls.validate_config(config)
 
 
 def _under_torchrun() -> bool:
@@ -272,8 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = _normalise_overrides(extra)
     try:
         _validate(data, overrides)
-    except ValueError as exc:  # ConfigKeyError and bad values: one clear line, before any launch
-        print(f"bard finetune: {exc}", file=sys.stderr)
+    except ValueError as exc:  # ConfigKeyError and bad values: one clear message, before any model loads
+        print(f"bard finetune: {source}: {exc}", file=sys.stderr)
         return 2
 
     # One resolved YAML per launch (per rank under torchrun: ranks never share the file).

@@ -14,7 +14,7 @@ distill:                # the loss: ce_weight * CE + kl_weight * top-k KL
   ce_weight: 1.0
   top_k: 16
   temperature: 1.0
-  student_support: topk # topk | full (see diffusion/distill.py)
+  student_support: full # full (upstream's form, default) | topk (see diffusion/distill.py)
   ce_inverse_t: false   # keep PBM's 1/t weight on the CE term (upstream SWD drops it)
 ```
 """
@@ -35,6 +35,7 @@ __all__ = [
     "TeacherMismatchError",
     "check_teacher_compatible",
     "anchor_block_size",
+    "swd_section_problems",
 ]
 
 
@@ -72,7 +73,9 @@ class DistillSettings:
     ce_weight: float = 1.0
     top_k: int = 16
     temperature: float = 1.0
-    student_support: Literal["topk", "full"] = "topk"
+    # Upstream normalises the student over the whole vocabulary (bard_spec.md section 6); topk
+    # (renormalised on the teacher's top-k, zero gradient outside it) is the measured option.
+    student_support: Literal["topk", "full"] = "full"
     ce_inverse_t: bool = False
 
     def __post_init__(self) -> None:
@@ -147,3 +150,18 @@ def anchor_block_size(settings: TeacherSettings, teacher_config: Any, student_bl
     if size > student_block_size:
         raise ValueError(f"the anchor's block size {size} exceeds the student's {student_block_size}")
     return int(size)
+
+
+def swd_section_problems(config: Mapping[str, Any]) -> list[str]:
+    """Model-free problems of ``teacher:``, ``distill:`` and ``teacher_model:`` (for ``check_config``)."""
+    problems = []
+    for section, cls in (("teacher", TeacherSettings), ("distill", DistillSettings)):
+        try:
+            cls.from_mapping(config.get(section))
+        except (ValueError, TypeError) as exc:
+            problems.append(str(exc))
+    teacher = config.get("teacher") if isinstance(config.get("teacher"), Mapping) else {}
+    kind = teacher.get("kind", "anchor") or "none"
+    if kind != "none" and not config.get("teacher_model"):
+        problems.append(f"teacher.kind {kind} needs a `teacher_model:` section (or teacher.kind: none)")
+    return problems

@@ -12,12 +12,21 @@ Definitions (same for every model, measured in one process on one machine, batch
 * **tokens/s**: generated tokens / wall time of the ``generate`` calls.
 
 ``bard eval --data DIR --ar AR_CKPT --bard b32=CKPT --block-size 32 --out DIR``
+
+Every argument, the data file and each checkpoint folder (``--ar`` a Qwen3-VL, each ``--bard``
+a Bard-VL) are checked before any model loads. ``--out`` is locked (``OUT/.bard-eval.lock``)
+for the whole run: a second ``bard eval`` on the same folder is refused instead of racing the
+first one for ``eval.json``.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -251,6 +260,16 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([head, *lines])
 
 
+def _thresholds(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated numbers in [0, 1], got {text!r}") from None
+    if not values or not all(0.0 <= v <= 1.0 for v in values):
+        raise argparse.ArgumentTypeError(f"thresholds must lie in [0, 1], got {text!r}")
+    return values
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bard eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", required=True, help="toy data folder (test.jsonl + images/)")
@@ -258,7 +277,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--ar", required=True, help="AR Qwen3-VL checkpoint (also provides the processor)")
     parser.add_argument("--bard", action="append", default=[], help="LABEL=DIR of a Bard-VL checkpoint (repeatable)")
     parser.add_argument("--block-size", type=int, default=32)
-    parser.add_argument("--thresholds", type=lambda s: [float(x) for x in s.split(",")], default=list(DEFAULT_THRESHOLDS))
+    parser.add_argument("--thresholds", type=_thresholds, default=list(DEFAULT_THRESHOLDS))
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--out", default=None, help="folder for eval.json and accuracy_vs_throughput.png")
@@ -268,16 +287,93 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _checkpoint_type(path: str, argument: str) -> str:
+    """``model_type`` of a local checkpoint folder; ValueError naming ``argument`` if it is not one."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(f"{argument}: folder not found")
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{argument}: not a checkpoint folder (no config.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{argument}: config.json is not valid JSON ({err})") from None
+    return config.get("model_type") if isinstance(config, dict) else None
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every check that needs no model: raises ValueError naming the argument."""
+    for name in ("block_size", "max_new_tokens", "threads"):
+        if getattr(args, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if args.limit is not None and args.limit <= 0:
+        raise ValueError(f"--limit must be a positive integer, got {args.limit}")
+    data = Path(args.data) / f"{args.split}.jsonl"
+    if not data.is_file():
+        raise ValueError(f"--data {args.data}: no {args.split}.jsonl there (folder not found or not toy data)")
+    if _checkpoint_type(args.ar, f"--ar {args.ar}") != "qwen3_vl":
+        raise ValueError(f"--ar {args.ar}: not an autoregressive Qwen3-VL checkpoint (model_type must be qwen3_vl)")
+    labels = []
+    for spec in args.bard:
+        label, eq, path = spec.partition("=")
+        if not eq or not label or not path:
+            raise ValueError(f"--bard {spec!r}: expected LABEL=DIR (e.g. b32=runs/swd/hf)")
+        if label in labels or label == "AR":
+            raise ValueError(f"--bard {spec!r}: label {label!r} is used twice")
+        labels.append(label)
+        kind = _checkpoint_type(path, f"--bard {spec}")
+        if kind != "bard_vl":
+            raise ValueError(f"--bard {spec}: not a Bard-VL checkpoint (model_type {kind!r}); convert and train it first")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise ValueError(f"--out {args.out} exists and is not a folder")
+
+
+class OutFolderLocked(RuntimeError):
+    """Another process holds the ``--out`` folder's lock."""
+
+
+@contextlib.contextmanager
+def out_lock(folder: str | Path | None):
+    """Hold ``folder/.bard-eval.lock`` (an OS file lock: released when the process ends, even killed)."""
+    if folder is None:
+        yield
+        return
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / ".bard-eval.lock"
+    handle = open(path, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise OutFolderLocked(
+                f"--out {folder} is in use by another bard eval ({holder}); wait for it or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {os.uname().nodename}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
 def main(argv: list[str]) -> int:
     """``bard eval`` entry point."""
     args = _parser().parse_args(argv)
-    torch.set_num_threads(args.threads)
-    out = run(args)
+    try:
+        check_args(args)
+        with out_lock(args.out):
+            torch.set_num_threads(args.threads)
+            out = run(args)
+    except (ValueError, OutFolderLocked) as err:
+        print(f"bard eval: error: {err}", file=sys.stderr)
+        return 2
     print(format_table(out["results"]))
     return 0
 
 
 if __name__ == "__main__":
-    import sys
-
     raise SystemExit(main(sys.argv[1:]))

@@ -2,15 +2,24 @@
 
 from __future__ import annotations
 
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 __all__ = ["plot_tradeoff"]
 
 
-def plot_tradeoff(results: list[dict], path: str | Path) -> Path:
-    """Plot metric dicts (``name`` ``LABEL@THRESHOLD`` or ``AR``); the AR point is a star."""
-    import matplotlib
+def plot_tradeoff(results: list[dict], path: str | Path) -> Path | None:
+    """Plot metric dicts (``name`` ``LABEL@THRESHOLD`` or ``AR``); the AR point is a star.
+
+    Without matplotlib (it is only in the ``dev`` extra) the plot is skipped with a warning
+    and None is returned: the numbers (eval.json, the table) are the result, the plot a view.
+    """
+    try:
+        import matplotlib
+    except ImportError:
+        print(f"warning: matplotlib is not installed; skipped the plot {path} (pip install matplotlib)", file=sys.stderr)
+        return None
 
     matplotlib.use("Agg")  # headless: no display on CI machines
     import matplotlib.pyplot as plt

@@ -181,3 +181,45 @@ def test_unreadable_video_errors_or_skips_at_read_time(tmp_path, processor):
     skipping = BardChatDataset(path, processor=processor, on_bad_sample="skip")
     assert _decode(processor, skipping[0]["response_ids"]) == "good<|im_end|>"
     assert skipping.stats["skipped: unreadable video"] == 1
+
+
+def _with_bad_bytes(path, lineno):
+    """Replace line ``lineno`` of a jsonl with a row holding a Latin-1 byte (not UTF-8)."""
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[lineno - 1] = json.dumps(_row(answer="caf_")).encode().replace(b"caf_", b"caf\xe9") + b"\n"
+    path.write_bytes(b"".join(lines))
+    return path
+
+
+def test_non_utf8_line_is_a_bad_row_with_file_and_line(tmp_path, processor):
+    path = _with_bad_bytes(_write(tmp_path, [_row(), _row(), _row(answer="last")]), 2)
+    with pytest.raises(BadSampleError, match=r"train\.jsonl:2: not UTF-8 \(byte 0xe9"):
+        BardChatDataset(path)
+    skipping = BardChatDataset(path, on_bad_sample="skip", processor=processor)
+    assert len(skipping) == 2 and skipping.stats["skipped: not UTF-8"] == 1
+    assert _decode(processor, skipping[1]["response_ids"]) == "last<|im_end|>"
+
+
+def test_skipped_rows_are_counted_once_over_epochs_and_summarised(tmp_path, processor):
+    path = _write(tmp_path, [_row(image="broken.png"), _row(answer="good"), _row(answer="also")])
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    dataset = BardChatDataset(path, processor=processor, on_bad_sample="skip")
+    for _epoch in range(3):
+        answers = [_decode(processor, dataset[i]["response_ids"]) for i in range(len(dataset))]
+        assert answers == ["good<|im_end|>", "good<|im_end|>", "also<|im_end|>"]
+    assert dataset.stats == {"skipped: unreadable image": 1}
+    assert dataset.summary() == "BardChatDataset: 3 rows; skipped: unreadable image: 1"
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".webm"])
+def test_video_files_reach_the_sample(tmp_path, processor, suffix):
+    from nemo_automodel_bard.testing import write_tiny_video
+
+    write_tiny_video(tmp_path / f"clip{suffix}", frames=8, fps=4)
+    sample = BardChatDataset(_write(tmp_path, [_video_row(f"clip{suffix}")]), processor=processor)[0]
+    grid = sample["video_grid_thw"]
+    assert grid.tolist() == [[2, 4, 4]]  # 2 s at 2 fps = 4 frames, temporal patch 2; 16x16 frames, patch 4
+    assert int((sample["prompt_ids"] == TINY_IDS["video"]).sum()) == int(grid.prod()) // 4
+    assert sample["pixel_values_videos"].shape[0] == int(grid.prod())
+    # timestamps from the decoded file: frames 0, 2, 5, 7 of 8 at 4 fps, averaged per temporal patch
+    assert "<0.2 seconds>" in _decode(processor, sample["prompt_ids"]) and "<1.5 seconds>" in _decode(processor, sample["prompt_ids"])

@@ -77,3 +77,75 @@ def test_converted_weights_equal_source(ar_checkpoint, tmp_path):
     ours = BardVLForConditionalGeneration.from_pretrained(target).state_dict()
     for name, tensor in Qwen3VLForConditionalGeneration.from_pretrained(ar_checkpoint).state_dict().items():
         assert torch.equal(ours[name], tensor), name
+
+
+def _sharded_ar_checkpoint(path, seed):
+    """A tiny AR checkpoint saved as several safetensors shards plus an index."""
+    from transformers import Qwen3VLForConditionalGeneration
+
+    single = save_tiny_qwen3vl_checkpoint(path / "single", seed=seed)
+    model = Qwen3VLForConditionalGeneration.from_pretrained(single)
+    sharded = path / "sharded"
+    model.save_pretrained(sharded, safe_serialization=True, max_shard_size="100KB")
+    for item in single.iterdir():  # processor files
+        if not item.name.startswith("model") and not (sharded / item.name).exists():
+            (sharded / item.name).write_bytes(item.read_bytes())
+    assert (sharded / "model.safetensors.index.json").is_file()
+    return sharded, model.state_dict()
+
+
+def test_overwrite_leaves_exactly_the_new_checkpoint(ar_checkpoint, tmp_path):
+    """Issue 11 item 1: a sharded source converted onto an earlier single-file conversion."""
+    target = tmp_path / "bard"
+    convert(ar_checkpoint, target, mask_token_id=200)
+    assert (target / "model.safetensors").is_file()
+    sharded, new_weights = _sharded_ar_checkpoint(tmp_path, seed=11)
+    (target / "notes.txt").write_text("user file from before")
+
+    assert main(["--from", str(sharded), "--to", str(target), "--mask-token-id", "200", "--overwrite"]) == 0
+    expected = sorted(p.name for p in sharded.iterdir())
+    assert sorted(p.name for p in target.iterdir()) == expected  # no stale model.safetensors, no notes.txt
+    loaded = BardVLForConditionalGeneration.from_pretrained(target).state_dict()
+    for name, tensor in new_weights.items():
+        assert torch.equal(loaded[name], tensor), name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bard", "sharded", "single"]  # no temporary folders
+
+
+def test_failed_overwrite_keeps_the_old_checkpoint(ar_checkpoint, tmp_path, monkeypatch):
+    import nemo_automodel_bard.models.bard_vl.convert as convert_module
+
+    target = convert(ar_checkpoint, tmp_path / "bard", mask_token_id=200)
+    before = {p.name: p.read_bytes() for p in target.iterdir()}
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(convert_module, "_register_mask_token", broken)
+    with pytest.raises(OSError, match="disk full"):
+        convert(ar_checkpoint, target, mask_token_id=201, overwrite=True)
+    assert {p.name: p.read_bytes() for p in target.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bard"]
+
+
+def test_mask_token_string_is_looked_up_in_the_source_tokenizer(ar_checkpoint, tmp_path, capsys):
+    """Issue 13 item 7: --mask-token alone takes the id the source tokenizer gives the string."""
+    target = tmp_path / "bard"
+    assert main(["--from", str(ar_checkpoint), "--to", str(target), "--mask-token", "<|reserved|>"]) == 0
+    assert json.loads((target / "config.json").read_text())["mask_token_id"] == TINY_IDS["mask"]
+    assert main(["--from", str(ar_checkpoint), "--to", str(tmp_path / "b2"), "--mask-token", "<|nope|>"]) == 2
+    err = capsys.readouterr().err
+    assert "'<|nope|>' is not in the source tokenizer" in err and "--mask-token-id" in err
+    assert not (tmp_path / "b2").exists()
+
+
+def test_malformed_config_and_file_target_are_refused(ar_checkpoint, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "qwen3_vl",')
+    assert main(["--from", str(broken), "--to", str(tmp_path / "out")]) == 2
+    assert "config.json is not valid JSON" in capsys.readouterr().err
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("x")
+    assert main(["--from", str(ar_checkpoint), "--to", str(a_file), "--mask-token-id", "200", "--overwrite"]) == 2
+    assert "exists and is not a directory" in capsys.readouterr().err
+    assert a_file.read_text() == "x"

@@ -153,3 +153,72 @@ def test_only_the_fake_media_switches_of_the_collator_are_the_users():
     config["dataloader"]["collate_fn"] = {"_target_": COLLATE_TARGET, "pack_size": 64}
     with pytest.raises(ConfigKeyError, match="pack_size are set by the recipe"):
         prepare_config(config)
+
+# ---------------------------------------------------------------- check_config: all problems, one message
+from nemo_automodel_bard.recipes.config_check import check_config, type_problem  # noqa: E402
+
+SWD_SECTIONS = frozenset({"teacher", "teacher_model", "teacher_freeze_config", "distill"})
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RECIPES.glob("bard_*.yaml")) + ["toy_pbm.yaml", "toy_swd.yaml"])
+def test_packaged_recipes_pass(name):
+    check_config(yaml.safe_load((RECIPES / name).read_text()), SWD_SECTIONS)
+
+
+def test_every_problem_is_reported_in_one_message(tmp_path):
+    config = _tiny_yaml()
+    config["bard"]["block_size"] = 4.5  # was silently truncated to 4
+    config["step_scheduler"]["max_stepz"] = 3
+    config["step_scheduler"]["max_steps"] = 1  # below lr_warmup_steps: 2
+    config["checkpoint"]["enabled"] = "yes"
+    config["optimizer"]["_target_"] = "torch.optim.AdamWW"
+    config["distributed"]["tp_sise"] = 1
+    config["pbm"]["stages"][1]["block_size"] = 8.0
+    del config["dataset"]
+    config["model"]["pretrained_model_name_or_path"] = str(tmp_path / "no_model")
+    with pytest.raises(ConfigKeyError) as info:
+        check_config(config, check_paths=True)
+    message = str(info.value)
+    for expected in (
+        "9 problem(s)",
+        "missing section `dataset:`",
+        "bard.block_size: expected an integer, got 4.5",
+        "unknown key `step_scheduler.max_stepz`",
+        "checkpoint.enabled: expected true or false, got 'yes'",
+        "optimizer._target_: 'torch.optim' has no 'AdamWW'",
+        "tp_sise",
+        "pbm.stages[1].block_size: expected an integer, got 8.0",
+        "step_scheduler.max_steps (1) is below lr_scheduler.lr_warmup_steps (2)",
+        f"model.pretrained_model_name_or_path: folder not found: {tmp_path / 'no_model'}",
+    ):
+        assert expected in message, (expected, message)
+
+
+def test_stage_max_steps_below_warmup_and_swd_sections():
+    config = _tiny_yaml()
+    config["pbm"]["stages"][0]["max_steps"] = 1
+    config["pbm"]["stages"][1]["max_steps"] = 12.5
+    with pytest.raises(ConfigKeyError) as info:
+        check_config(config)
+    assert "pbm.stages[0].max_steps (1) is below" in str(info.value)
+    assert "pbm.stages[1]: step_scheduler.max_steps: expected an integer or null, got 12.5" in str(info.value)
+    swd = yaml.safe_load((RECIPES / "bard_swd_tiny.yaml").read_text())
+    swd["teacher"]["block_size"] = "four"
+    swd["distill"]["top_k"] = 16.5
+    del swd["teacher_model"]
+    with pytest.raises(ConfigKeyError) as info:
+        check_config(swd, SWD_SECTIONS)
+    message = str(info.value)
+    assert "teacher.block_size: expected an integer or null, got 'four'" in message
+    assert "distill.top_k: expected an integer, got 16.5" in message
+    assert "needs a `teacher_model:` section" in message
+
+
+@pytest.mark.parametrize(
+    "value, hint, ok",
+    [(4, int, True), (4.5, int, False), (True, int, False), (4, float, True), ("1e-5", float, False),
+     (None, int | None, True), ("x", int | None, False), ("mask", Literal_mask := __import__("typing").Literal["mask", "mixed"], True),
+     ("uniform", Literal_mask, False), ([1, 2], list[int], True), ("a", Path, True)],
+)
+def test_type_problem(value, hint, ok):
+    assert (type_problem(value, hint) is None) == ok

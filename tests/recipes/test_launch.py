@@ -110,3 +110,29 @@ def test_srun_ranks_with_exported_env_run_in_process(capsys, monkeypatch):
     assert ran == [["--seed=3"]]
     assert launch.main(["--recipe", "bard_pbm_tiny", "--dry-run"]) == 0
     assert "in-process (rank 5 of 16)" in capsys.readouterr().out
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--recipe", "nonexistent"], "unknown recipe 'nonexistent'"),
+        (["--recipe", "bard_pbm_tiny", "--nproc-per-node", "abc"], "--nproc-per-node must be a positive integer, got 'abc'"),
+        (["--recipe", "bard_pbm_tiny", "--nproc-per-node=0"], "--nproc-per-node must be a positive integer"),
+    ],
+)
+def test_bad_options_exit_with_a_message(argv, message):
+    from nemo_automodel_bard.recipes.launch import main
+
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert message in str(info.value.code)
+
+
+def test_config_problems_name_the_yaml_and_come_before_any_model(tmp_path, capsys, monkeypatch):
+    from nemo_automodel_bard.recipes import launch
+
+    monkeypatch.setattr(launch, "run_in_process", lambda *a: pytest.fail("the recipe started"))
+    code = launch.main(["--recipe", "bard_pbm_tiny", f"--model.pretrained_model_name_or_path={tmp_path / 'none'}",
+                        "--bard.block_size=4.5", "--step_scheduler.max_steps=1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "bard_pbm_tiny.yaml: 3 problem(s)" in err
+    assert "folder not found" in err and "bard.block_size" in err and "below lr_scheduler.lr_warmup_steps" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from transformers.models.qwen3_vl.configuration_qwen3_vl import Qwen3VLConfig
 
@@ -62,7 +64,8 @@ def test_hidden_size_mismatch_can_be_allowed_but_vocab_cannot():
 
 
 def test_settings_reject_unknown_keys_and_bad_values():
-    assert DistillSettings.from_mapping(None) == DistillSettings(0.5, 1.0, 16, 1.0, "topk", False)
+    assert DistillSettings.from_mapping(None) == DistillSettings(0.5, 1.0, 16, 1.0, "full", False)
+    assert DistillSettings.from_mapping({"student_support": "topk"}).student_support == "topk"
     with pytest.raises(ValueError, match="unknown key.*kd_ratio"):
         DistillSettings.from_mapping({"kd_ratio": 0.5})
     with pytest.raises(ValueError, match="unknown key.*ofload"):
@@ -110,3 +113,12 @@ def test_a_teacher_kind_without_teacher_model_is_refused():
         BardSWDRecipe({"teacher": {"kind": "anchor"}, "model": {}})
     with pytest.raises(ValueError, match="unknown top-level"):
         BardSWDRecipe({"teacher": {"kind": "none"}, "model": {}, "teachr_model": {}})
+
+
+def test_4b_recipe_uses_upstreams_full_vocabulary_normalisation():
+    """Issue 11 item 7: the YAML that claims upstream's hyper-parameters uses upstream's loss form."""
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "recipes"
+    config = yaml.safe_load((root / "bard_swd_qwen3vl_4b.yaml").read_text())
+    assert DistillSettings.from_mapping(config["distill"]).student_support == "full"

@@ -181,8 +181,9 @@ def test_anchor_teacher_targets_use_the_anchor_block_mask(tiny):
     assert not torch.allclose(teacher_topk(other, top_k=16)[0], want_log_probs, atol=1e-4)
 
 
-def _reference_loss(student_logits, teacher_logits, batch, normalization, ce_weight, kl_weight, k):
-    """Dense float64 per-token CE and top-k KL (student restricted to the teacher's top-k)."""
+def _reference_loss(student_logits, teacher_logits, batch, normalization, ce_weight, kl_weight, k, support="topk"):
+    """Dense float64 per-token CE and top-k KL (student restricted to the teacher's top-k, or
+    over the full vocabulary: upstream's normalisation)."""
     select = batch["loss_mask"]
     rows, cols = select.nonzero(as_tuple=True)
     labels = batch["labels"][select]
@@ -192,7 +193,7 @@ def _reference_loss(student_logits, teacher_logits, batch, normalization, ce_wei
         ce_terms.append(-(s.log_softmax(-1)[labels[n]]).item())
         top = t.argsort(descending=True)[:k]
         p = t[top].softmax(-1)
-        q = s[top].softmax(-1)
+        q = s[top].softmax(-1) if support == "topk" else s.softmax(-1)[top]
         kl_terms.append((p * (p / q).log()).sum().item())
         keys.append((int(rows[n]), int(batch["doc"][rows[n], cols[n]])))
     if normalization == "token_mean":
@@ -208,8 +209,9 @@ def _reference_loss(student_logits, teacher_logits, batch, normalization, ce_wei
     return ce_weight * ce + kl_weight * kl, ce, kl
 
 
+@pytest.mark.parametrize("support", ["full", "topk"])
 @pytest.mark.parametrize("normalization", ["sample_mean", "token_mean"])
-def test_compute_loss_is_ce_plus_weighted_topk_kl(tiny, normalization):
+def test_compute_loss_is_ce_plus_weighted_topk_kl(tiny, normalization, support):
     batch = tiny.batch
     select = batch["loss_mask"]
     n = int(select.sum())
@@ -217,11 +219,12 @@ def test_compute_loss_is_ce_plus_weighted_topk_kl(tiny, normalization):
     vocab = tiny.config.text_config.vocab_size
     student_logits = (torch.randn(n, vocab, generator=gen) * 2).requires_grad_(True)
     teacher_logits = torch.randn(n, vocab, generator=gen) * 2
-    recipe = _recipe("anchor", None, tiny.student, normalization, kl_weight=0.3, ce_weight=0.7, top_k=6)
+    recipe = _recipe("anchor", None, tiny.student, normalization, kl_weight=0.3, ce_weight=0.7, top_k=6,
+                     student_support=support)
     recipe._teacher_targets = teacher_topk(teacher_logits, top_k=6)
     denominator = float(batch["num_samples"]) if normalization == "sample_mean" else float(n)
     loss = recipe.compute_loss(student_logits, batch, select, denominator)
-    want, ce, kl = _reference_loss(student_logits.detach(), teacher_logits, batch, normalization, 0.7, 0.3, 6)
+    want, ce, kl = _reference_loss(student_logits.detach(), teacher_logits, batch, normalization, 0.7, 0.3, 6, support)
     assert loss.item() == pytest.approx(want, rel=1e-5)
     assert recipe._ce_buffer[-1].item() == pytest.approx(ce, rel=1e-5)
     assert recipe._kl_buffer[-1].item() == pytest.approx(kl, rel=1e-5)

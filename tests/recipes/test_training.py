@@ -89,13 +89,16 @@ def test_pbm_two_stages_train_export_load_and_generate(assets):
     from nemo_automodel_bard.models.bard_vl import BardVLForConditionalGeneration
     from nemo_automodel_bard.testing import chat_batch, tiny_image
 
+    from nemo_automodel_bard.generation.block_decode import block_generate
+
     model = BardVLForConditionalGeneration.from_pretrained(str(ckpt / "stage_1_b8" / "hf")).eval()
     inputs = chat_batch(AutoProcessor.from_pretrained(str(ckpt / "stage_1_b8" / "hf")), ["What colour is this?"], [tiny_image(0)])
-    try:
-        ids = model.generate(inputs, max_new_tokens=8, block_size=8, denoising_steps=8)
-    except ImportError:  # generation lands with issue 3; a forward is the fallback check
-        pytest.skip("model.generate is not available yet")
-    assert ids.shape[0] == 1 and ids.shape[1] > 0
+    ids = model.generate(inputs, max_new_tokens=8, block_size=8, denoising_steps=8)
+    # the exported weights decode exactly as the uncached reference decoder does, without a mask token
+    reference = block_generate(model, inputs, max_new_tokens=8, block_size=8, denoising_steps=8, use_cache=False)
+    assert torch.equal(ids, reference)
+    assert ids.shape[0] == 1 and 0 < ids.shape[1] <= 8
+    assert not (ids == model.config.mask_token_id).any()
 
     # a re-run skips finished stages
     stage0_log = (ckpt / "stage_0_b4" / "training.jsonl").read_text()

@@ -40,3 +40,74 @@ def test_summarize_hand_computed_example():
     assert m.tokens_per_s == pytest.approx(9.0)
     assert m.per_task == {"colours": 0.0, "read": 0.5}
     assert m.settings == {"block_size": 4}
+
+
+# ---------------------------------------------------------------- bard eval: arguments, --out lock, no matplotlib
+import json  # noqa: E402
+import sys  # noqa: E402
+
+from nemo_automodel_bard.toy import evaluate as ev  # noqa: E402
+from nemo_automodel_bard.toy.pipeline import ASSET_AR  # noqa: E402
+from nemo_automodel_bard.toy.task import generate_splits  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy")
+    generate_splits(out, sizes={"train": 1, "val": 1, "test": 2})
+    return out
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    def refuse(path):
+        raise AssertionError("a model was loaded before the argument checks")
+
+    monkeypatch.setattr(ev, "load_ar", refuse)
+    monkeypatch.setattr(ev, "load_bard", refuse)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--bard", "nolabel"], "expected LABEL=DIR"),
+        (["--bard", f"b4={ASSET_AR}"], "not a Bard-VL checkpoint (model_type 'qwen3_vl')"),
+        (["--bard", "b4=/no/such/ckpt"], "--bard b4=/no/such/ckpt: folder not found"),
+        (["--block-size", "0"], "--block-size must be a positive integer"),
+        (["--limit", "-1"], "--limit must be a positive integer"),
+        (["--split", "dev"], "no dev.jsonl there"),
+    ],
+)
+def test_argument_errors_come_before_any_model_loads(toy_data, capsys, no_model_loading, extra, message):
+    assert ev.main(["--data", str(toy_data), "--ar", str(ASSET_AR), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_ar_folder_and_bad_thresholds(toy_data, tmp_path, capsys, no_model_loading):
+    assert ev.main(["--data", str(toy_data), "--ar", str(tmp_path / "nope")]) == 2
+    assert "--ar" in (err := capsys.readouterr().err) and "folder not found" in err
+    with pytest.raises(SystemExit) as exit_info:
+        ev.main(["--data", str(toy_data), "--ar", str(ASSET_AR), "--thresholds", "0.5,1.5"])
+    assert exit_info.value.code == 2 and "thresholds must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_second_run_on_the_same_out_folder_is_refused(toy_data, tmp_path, capsys, no_model_loading):
+    out = tmp_path / "out"
+    with ev.out_lock(out):  # a first run holds the folder
+        assert ev.main(["--data", str(toy_data), "--ar", str(ASSET_AR), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out} is in use by another bard eval (pid " in err
+    assert not (out / "eval.json").exists()
+
+
+def test_eval_without_matplotlib_writes_results_and_exits_0(toy_data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    out = tmp_path / "out"
+    assert ev.main(["--data", str(toy_data), "--ar", str(ASSET_AR), "--out", str(out), "--limit", "1",
+                    "--max-new-tokens", "8"]) == 0
+    assert json.loads((out / "eval.json").read_text())["results"][0]["name"] == "AR"
+    assert not (out / "accuracy_vs_throughput.png").exists()
+    assert "matplotlib is not installed; skipped the plot" in capsys.readouterr().err
+    with ev.out_lock(out):  # the finished run released its lock
+        pass

@@ -6,15 +6,22 @@ Weights are copied byte for byte (block-diffusion training starts from the AR we
 ``mask_token_id`` (a spare embedding row, 151671 for stock Qwen3-VL, as upstream).
 
     bard-convert --from Qwen3-VL-4B-Instruct --to bard-init [--mask-token-id 151671]
-                 [--mask-token '<|mask|>'] [--block-size 4] [--prompt-attention block]
+                 [--mask-token '<|mask|>'] [--block-size 4] [--prompt-attention block] [--overwrite]
+
+``--mask-token STR`` alone uses the id the source tokenizer already gives STR (an error if it
+has none); with ``--mask-token-id`` STR is registered at that id. The checkpoint is written
+into a temporary sibling folder and moved into place, so ``--overwrite`` leaves exactly the
+new checkpoint (no stale shards of an earlier conversion) and a failed run leaves ``--to`` as it was.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 from nemo_automodel_bard.models.bard_vl.configuration import DEFAULT_MASK_TOKEN_ID, PROMPT_ATTENTION_CHOICES
@@ -32,7 +39,12 @@ def _read_source_config(source: Path) -> dict:
     path = source / "config.json"
     if not path.is_file():
         raise ConversionError(f"{source} is not a checkpoint directory: no config.json")
-    config = json.loads(path.read_text())
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConversionError(f"{path} is not valid JSON: {err}") from None
+    if not isinstance(config, dict):
+        raise ConversionError(f"{path} must hold a JSON object, got {type(config).__name__}")
     model_type = config.get("model_type")
     if model_type == "bard_vl":
         raise ConversionError(f"{source} is already a Bard-VL checkpoint (model_type 'bard_vl')")
@@ -115,17 +127,62 @@ def _load_tokenizer(path: Path):
     return AutoTokenizer.from_pretrained(path)
 
 
+def _resolve_mask_token(mask_token_id: int | None, mask_token: str | None, tokenizer) -> tuple[int, str]:
+    """(id, string) of the mask token: defaults, or ``mask_token`` looked up in the source tokenizer."""
+    if mask_token is None:
+        return (DEFAULT_MASK_TOKEN_ID if mask_token_id is None else mask_token_id), DEFAULT_MASK_TOKEN
+    if mask_token_id is not None:
+        return mask_token_id, mask_token
+    if tokenizer is None:
+        raise ConversionError(
+            f"--mask-token {mask_token!r} without --mask-token-id needs the source tokenizer (no tokenizer.json); "
+            "pass --mask-token-id"
+        )
+    found = tokenizer.convert_tokens_to_ids(mask_token)
+    if found is None or found == tokenizer.unk_token_id:
+        raise ConversionError(
+            f"mask token {mask_token!r} is not in the source tokenizer; pass --mask-token-id N to register it "
+            f"at a spare embedding row (stock Qwen3-VL: {DEFAULT_MASK_TOKEN_ID})"
+        )
+    return found, mask_token
+
+
+def _check_target(source: Path, target: Path, overwrite: bool) -> None:
+    if target.exists() and not target.is_dir():
+        raise ConversionError(f"target {target} exists and is not a directory")
+    if target.exists() and any(target.iterdir()):
+        if not overwrite:
+            raise ConversionError(f"target {target} exists and is not empty (pass --overwrite)")
+        if target.resolve() == source.resolve():
+            raise ConversionError("target must differ from source")
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Replace ``target`` by ``staging`` (same parent folder, so both renames stay on one filesystem)."""
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.replace(target, retired / target.name)
+    os.replace(staging, target)
+    shutil.rmtree(retired)
+
+
 def convert(
     source: str | Path,
     target: str | Path,
     *,
-    mask_token_id: int = DEFAULT_MASK_TOKEN_ID,
-    mask_token: str = DEFAULT_MASK_TOKEN,
+    mask_token_id: int | None = None,
+    mask_token: str | None = None,
     block_size: int = 4,
     prompt_attention: str = "block",
     overwrite: bool = False,
 ) -> Path:
     """Write a Bard-VL initial checkpoint converted from the Qwen3-VL checkpoint ``source``.
+
+    ``mask_token_id`` / ``mask_token`` default to 151671 / ``<|mask|>``; ``mask_token`` alone is
+    looked up in the source tokenizer. With ``overwrite``, ``target`` ends up holding exactly
+    the new checkpoint.
 
     Raises:
         ConversionError: not a Qwen3-VL checkpoint, mask id/token collision, bad options,
@@ -140,14 +197,27 @@ def convert(
         raise ConversionError(f"source {source} is not a directory")
     config = _read_source_config(source)
     tokenizer = _load_tokenizer(source)
+    mask_token_id, mask_token = _resolve_mask_token(mask_token_id, mask_token, tokenizer)
     _check_mask_id(config, mask_token_id, mask_token, tokenizer)
-    if target.exists() and any(target.iterdir()):
-        if not overwrite:
-            raise ConversionError(f"target {target} exists and is not empty (pass --overwrite)")
-        if target.resolve() == source.resolve():
-            raise ConversionError("target must differ from source")
-    target.mkdir(parents=True, exist_ok=True)
+    _check_target(source, target, overwrite)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.converting-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would otherwise become the checkpoint's mode
+    try:
+        _write_checkpoint(source, staging, config, tokenizer, mask_token_id, mask_token, block_size, prompt_attention)
+        _swap_into_place(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return target
 
+
+def _write_checkpoint(
+    source: Path, target: Path, config: dict, tokenizer, mask_token_id: int, mask_token: str,
+    block_size: int, prompt_attention: str,
+) -> None:
     for item in source.iterdir():  # weights unchanged, processor files as they are
         if item.is_file():
             shutil.copy2(item, target / item.name)
@@ -168,18 +238,23 @@ def convert(
             or reloaded.convert_ids_to_tokens(mask_token_id) != mask_token
         ):
             raise ConversionError(f"could not register {mask_token!r} at id {mask_token_id} in the tokenizer")
-    return target
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bard-convert", description=__doc__.split("\n\n")[0])
     parser.add_argument("--from", dest="source", required=True, help="autoregressive Qwen3-VL checkpoint directory")
     parser.add_argument("--to", dest="target", required=True, help="output directory for the Bard-VL checkpoint")
-    parser.add_argument("--mask-token-id", type=int, default=DEFAULT_MASK_TOKEN_ID)
-    parser.add_argument("--mask-token", default=DEFAULT_MASK_TOKEN)
+    parser.add_argument(
+        "--mask-token-id", type=int, default=None,
+        help=f"embedding row of the mask token (default {DEFAULT_MASK_TOKEN_ID}, or --mask-token's id in the source tokenizer)",
+    )
+    parser.add_argument(
+        "--mask-token", default=None,
+        help=f"mask token string (default {DEFAULT_MASK_TOKEN!r}); alone, it must exist in the source tokenizer",
+    )
     parser.add_argument("--block-size", type=int, default=4)
     parser.add_argument("--prompt-attention", choices=PROMPT_ATTENTION_CHOICES, default="block")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --to folder entirely")
     return parser
 
 
