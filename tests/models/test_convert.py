@@ -149,3 +149,22 @@ def test_malformed_config_and_file_target_are_refused(ar_checkpoint, tmp_path, c
     assert main(["--from", str(ar_checkpoint), "--to", str(a_file), "--mask-token-id", "200", "--overwrite"]) == 2
     assert "exists and is not a directory" in capsys.readouterr().err
     assert a_file.read_text() == "x"
+
+
+def test_converted_processor_takes_the_card_snippets_video_kwargs(ar_checkpoint, tmp_path):
+    """AutoProcessor on a converted folder gives BardVLProcessor, which takes qwen-vl-utils' {"fps": []}."""
+    from transformers import AutoProcessor
+
+    from nemo_automodel_bard.models.bard_vl.processing import BardVLProcessor
+
+    source = json.loads((ar_checkpoint / "processor_config.json").read_text()) if (
+        ar_checkpoint / "processor_config.json").is_file() else {}
+    target = convert(ar_checkpoint, tmp_path / "bard", mask_token_id=200)
+    processor = AutoProcessor.from_pretrained(target)
+    assert type(processor) is BardVLProcessor
+    if source:
+        assert source.get("processor_class") == "Qwen3VLProcessor"  # the stock class was renamed, not kept
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    batch = processor(text=[text], images=[tiny_image()], videos=None, padding=False, return_tensors="pt", fps=[])
+    assert int(batch["image_grid_thw"].prod()) > 0

@@ -230,6 +230,7 @@ def _write_checkpoint(
     )
     config.pop("auto_map", None)
     (target / "config.json").write_text(json.dumps(config, indent=2))
+    _name_bard_processor(target)
     if tokenizer is not None:
         _register_mask_token(target, mask_token_id, mask_token, len(tokenizer))
         reloaded = _load_tokenizer(target)
@@ -280,3 +281,23 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
+                    "tokenizer_config.json")
+
+
+def _name_bard_processor(target: Path) -> None:
+    """Name ``BardVLProcessor`` where the copied processor files name ``Qwen3VLProcessor``.
+
+    AutoProcessor builds the class a checkpoint's files name; Bard-VL's (a Qwen3VLProcessor
+    subclass) also takes qwen-vl-utils' per-video ``fps`` list, so the model card's snippet runs.
+    """
+    for name in _PROCESSOR_FILES:
+        path = target / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        if data.get("processor_class") == "Qwen3VLProcessor":
+            data["processor_class"] = "BardVLProcessor"
+            path.write_text(json.dumps(data, indent=2, ensure_ascii=False))
