@@ -60,6 +60,7 @@ from nemo_automodel_bard.recipes.config_check import (
 __all__ = [
     "BardPBMRecipe",
     "stage_config",
+    "pbm_stage_config",
     "stage_dir",
     "stage_max_steps",
     "find_final_consolidated",
@@ -100,7 +101,10 @@ def stage_max_steps(base_config: dict[str, Any], stage: PBMStage) -> int | None:
 
 
 def stage_config(base_config: dict[str, Any], index: int, stage: PBMStage, previous_export: Path | None) -> dict[str, Any]:
-    """The plain config of stage ``index`` (see the module docstring)."""
+    """The plain config of stage ``index`` (see the module docstring), the stage's own overrides as given.
+
+    The PBM recipe also applies the ``step_scheduler.max_steps`` cap (:func:`pbm_stage_config`).
+    """
     config = copy.deepcopy(base_config)
     config.pop("pbm", None)
     base_dir = (config.get("checkpoint") or {}).get("checkpoint_dir", "checkpoints")
@@ -108,12 +112,19 @@ def stage_config(base_config: dict[str, Any], index: int, stage: PBMStage, previ
     _set_dotted(config, "bard.block_size", stage.block_size)
     for dotted, value in stage.overrides.items():
         _set_dotted(config, dotted, value)
-    _set_dotted(config, "step_scheduler.max_steps", stage_max_steps(base_config, stage))
     if previous_export is not None:
         model = {k: v for k, v in (config.get("model") or {}).items() if k not in ("config", "pretrained_model_name_or_path")}
         model["_target_"] = FROM_PRETRAINED
         model["pretrained_model_name_or_path"] = str(previous_export)
         config["model"] = model
+    return config
+
+
+def pbm_stage_config(base_config: dict[str, Any], index: int, stage: PBMStage,
+                     previous_export: Path | None) -> dict[str, Any]:
+    """:func:`stage_config` with the stage's steps capped by ``step_scheduler.max_steps`` (:func:`stage_max_steps`)."""
+    config = stage_config(base_config, index, stage, previous_export)
+    _set_dotted(config, "step_scheduler.max_steps", stage_max_steps(base_config, stage))
     return config
 
 
@@ -230,7 +241,7 @@ class BardPBMRecipe:
                 "weights, and a PEFT run saves adapters only; run one stage per command, or drop peft"
             )
         for index, stage in enumerate(pbm.stages):
-            prepare_config(stage_config(config, index, stage, None), extra)
+            prepare_config(pbm_stage_config(config, index, stage, None), extra)
         if not pbm.stages:
             prepare_config(config, extra)
         return pbm
@@ -273,7 +284,7 @@ class BardPBMRecipe:
             run_guard.on_rank0(lambda: self._start_stage(index, directory, max_steps, previous))
             logger.info("PBM stage %d/%d: block_size=%d max_steps=%s -> %s", index + 1, len(plan), stage.block_size,
                         max_steps, directory)
-            recipe = self._run(stage_config(self.config, index, stage, previous))
+            recipe = self._run(pbm_stage_config(self.config, index, stage, previous))
             scheduler = recipe.step_scheduler
             # AutoModel returns normally after a preemption signal (having saved a checkpoint): that
             # stage is finished only if it got to max_steps anyway.

@@ -153,6 +153,8 @@ class CheckpointLock:
         for key in ("slurm_job_id", "torchrun_run_id"):
             if holder.get(key) and holder.get(key) == me[key]:
                 return f"same {key} {me[key]}: a restart of the same job"
+        if holder.get("host") == me["host"] and holder.get("pid") == me["pid"]:
+            return "held by this process (a recipe set up earlier and not run to its end)"
         if holder.get("host") == me["host"] and isinstance(holder.get("pid"), int) and not _pid_alive(holder["pid"]):
             return f"pid {holder['pid']} on this host is no longer running"
         return None

@@ -18,6 +18,7 @@ from nemo_automodel_bard.recipes.pbm import (
     BardPBMRecipe,
     export_complete,
     find_final_consolidated,
+    pbm_stage_config,
     stage_config,
     stage_finished,
     stage_max_steps,
@@ -67,9 +68,11 @@ def test_step_scheduler_max_steps_caps_every_stage():
     long, short, default = (PBMStage(4, overrides={"step_scheduler.max_steps": 1000}),
                             PBMStage(8, overrides={"step_scheduler.max_steps": 1}), PBMStage(16))
     assert [stage_max_steps(base, s) for s in (long, short, default)] == [2, 1, 2]
-    assert stage_config(base, 0, long, None)["step_scheduler"]["max_steps"] == 2
+    assert pbm_stage_config(base, 0, long, None)["step_scheduler"]["max_steps"] == 2
     uncapped = {"step_scheduler": {"max_steps": None}}
-    assert stage_config(uncapped, 0, long, None)["step_scheduler"]["max_steps"] == 1000
+    assert pbm_stage_config(uncapped, 0, long, None)["step_scheduler"]["max_steps"] == 1000
+    # the plain chaining helper (also used by the toy's stage 0) keeps the stage's own value
+    assert stage_config(base, 0, long, None)["step_scheduler"]["max_steps"] == 1000
 
 
 # ---------------------------------------------------------------------------- tiny runs

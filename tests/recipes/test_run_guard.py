@@ -141,3 +141,12 @@ def test_flush_metrics_writes_buffered_records_at_once(tmp_path):
     run_guard.flush_metrics(logger)
     assert json.loads((tmp_path / "training.jsonl").read_text())["loss"] == 1.5
     logger.close()
+
+
+def test_this_process_may_set_up_a_second_recipe_in_its_folder(tmp_path):
+    first = CheckpointLock(tmp_path)
+    first.acquire()  # e.g. a recipe set up but never run to its end
+    second = CheckpointLock(tmp_path)
+    second.acquire()
+    second.release()
+    assert not (tmp_path / LOCK_NAME).exists()
