@@ -157,11 +157,11 @@ def forward_costs(bard, ar, n: int, prompt_len: int, context: int, reps: int, de
         start = cached - BLOCK if fused else cached
 
         def run():
-            if fused:
-                stock_cache.crop(start)
+            if fused:  # drop the last committed block: the forward recomputes it
+                stock_cache.crop(start - stock_cache.get_seq_length())
             ar(input_ids=ids[:, start : start + q], past_key_values=stock_cache, use_cache=True,
                logits_to_keep=min(q, BLOCK))
-            stock_cache.crop(cached)
+            stock_cache.crop(cached - stock_cache.get_seq_length())
         return run
 
     variants = {"ar_token": stock_step(1)}

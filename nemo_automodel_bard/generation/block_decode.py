@@ -184,6 +184,7 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
     forward = BlockForward(model, rows, inputs, opts, prompt_width + n_blocks * B, use_cache, compiled)
     record = DecodeRecord(n, n_blocks, B, len(schedule) + 1, opts.eos_token_ids[0], device)
     batch_forwards = 0
+    pruned = use_cache and compiled is None  # finished rows leave the batch at block ends
     if streamer is not None and hasattr(streamer, "put"):  # like HF generate: the prompt first
         streamer.put(rows.tokens[0, :prompt_width][rows.segment[0, :prompt_width] != PAD].cpu())
 
@@ -191,15 +192,17 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
         start_b, end = prompt_width + b * B, prompt_width + (b + 1) * B
         limit = min(B, opts.max_new_tokens - b * B)
         commit_step = torch.full((rows.tokens.shape[0], B), -1, dtype=torch.long, device=device)
-        steps = torch.zeros(rows.tokens.shape[0], dtype=torch.long, device=device)
         step = 0
+        block = rows.tokens[:, start_b:end]  # a view: commits below write rows.tokens in place
+        live = None if pruned else rows.alive[:, None]  # eager drops finished rows: all alive
         # static: exactly len(schedule) steps (they empty the block); dynamic: until no row works.
         while not static or step < len(schedule):
-            block_tokens = rows.tokens[:, start_b:end]
-            masked = (block_tokens == mask_id) & rows.alive[:, None]
-            working = (masked & _output_positions(block_tokens, eos, limit)).any(-1)
-            if not static and not bool(working.any()):  # the one per-step sync (dynamic only)
-                break
+            masked = block == mask_id
+            if live is not None:
+                masked &= live
+            if not static:  # the one per-step sync (dynamic only): does any row still work?
+                if not bool((masked & _output_positions(block, eos, limit)).any()):
+                    break
             logits = forward(_query_start(b, step, start_b, B), end, first_step=step == 0)
             batch_forwards += 1
             proposal, confidence = propose_tokens(
@@ -207,23 +210,24 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
                 generator=generator,
             )
             k_step = schedule[step] if step < len(schedule) else B
+            # A row whose output is already final may still commit positions past its EOS or
+            # budget: they never reach the output, and the row ends with this block.
             commit = select_commits(
-                confidence, masked, torch.full_like(steps, k_step), strategy=opts.remasking_strategy,
-                threshold=opts.confidence_threshold,
-            ) & working[:, None]
-            rows.tokens[:, start_b:end] = torch.where(commit, proposal, block_tokens)
-            commit_step = torch.where(commit, step, commit_step)
-            steps += working
+                confidence, masked, k_step, strategy=opts.remasking_strategy, threshold=opts.confidence_threshold
+            )
+            block.copy_(torch.where(commit, proposal, block))
+            commit_step.masked_fill_(commit, step)
             step += 1
         alive_before = rows.alive.clone()
-        block_tokens = rows.tokens[:, start_b:end]
+        block_tokens = block
+        steps = _row_steps(commit_step, _output_positions(block, eos, limit))
         kept, has_eos = block_kept_length(block_tokens, eos, limit)
         record.add_block(b, rows.sample, alive_before, block_tokens, kept, steps, commit_step)
         rows.alive &= ~has_eos if (b + 1) * B < opts.max_new_tokens else torch.zeros_like(has_eos)
         alive = _end_of_block(streamer, b, n, rows.sample, alive_before, block_tokens, kept, rows.alive)
         if not any(alive):
             break
-        if use_cache and compiled is None and not all(alive):  # drop finished rows (eager shapes)
+        if pruned and not all(alive):  # drop finished rows (eager shapes)
             keep = torch.tensor([i for i, a in enumerate(alive) if a], device=device)
             rows.select(keep)
             forward.select(keep)
@@ -256,10 +260,21 @@ def _output_positions(block_tokens: torch.Tensor, eos: torch.Tensor, limit: int)
     the response is final: denoising the rest of the block would only cost forwards (short
     answers in large blocks), and the output stays identical.
     """
-    width = block_tokens.shape[1]
-    index = torch.arange(width, device=block_tokens.device)
-    first_eos = torch.where(torch.isin(block_tokens, eos), index, width).amin(-1, keepdim=True)
-    return (index <= first_eos) & (index < limit)
+    is_eos = block_tokens == eos[0] if eos.numel() == 1 else torch.isin(block_tokens, eos)
+    keep = is_eos.cumsum(-1) <= is_eos  # no EOS strictly before the position
+    if limit < block_tokens.shape[1]:
+        keep[:, limit:] = False
+    return keep
+
+
+def _row_steps(commit_step: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """``[N]`` steps each row needed: until its output positions were all committed.
+
+    A row works at a step while one of its output positions is masked; that stays true until
+    the step that commits the last of them (commits are final, and an EOS only ever moves
+    earlier), so the count is that step + 1, read once at the end of the block.
+    """
+    return commit_step.masked_fill(~output, -1).amax(-1) + 1
 
 
 def _query_start(b: int, step: int, start_b: int, block_size: int) -> int:

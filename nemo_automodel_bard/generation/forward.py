@@ -120,12 +120,14 @@ class BlockForward:
         self.step_fn = _compiled_step(compiled) if compiled is not None else _text_step
         self.compiled = compiled is not None
         self._masks: dict[tuple[int, int, int], torch.Tensor] = {}
+        self._inputs: tuple = ((-1, -1), None, None)
 
     def select(self, keep: torch.Tensor) -> None:
         """Rows ``keep`` only from now on (finished rows dropped; eager mode)."""
         if self.cache is not None:
             self.cache.batch_select_indices(keep)
         self._masks.clear()
+        self._inputs = ((-1, -1), None, None)
 
     def __call__(self, query_start: int, end: int, first_step: bool) -> torch.Tensor:
         """Logits ``[N, block_size, V]`` of the noisy block ``[end - block_size, end)``.
@@ -149,9 +151,9 @@ class BlockForward:
             return self._eager(0, end, mask, vision=True)
         if self.compiled:
             torch.compiler.cudagraph_mark_step_begin()  # the previous step's logits are consumed
-        return self.step_fn(
-            self.model, rows.tokens[:, query_start:end], rows.positions[:, :, query_start:end], mask, self.cache, B
-        )
+        if self._inputs[0] != (query_start, end):  # views: the block's steps see its new tokens
+            self._inputs = ((query_start, end), rows.tokens[:, query_start:end], rows.positions[:, :, query_start:end])
+        return self.step_fn(self.model, self._inputs[1], self._inputs[2], mask, self.cache, B)
 
     def _eager(self, start: int, end: int, mask: torch.Tensor | None, vision: bool) -> torch.Tensor:
         rows = self.rows
@@ -170,6 +172,9 @@ class BlockForward:
         """Bool ``[N, 1, end - start, keys]`` mask; columns past ``end`` (unwritten cache) hidden.
         Built once per block and shape (the steps of a block share it)."""
         key = (start, end, keys)
+        if key not in self._masks and self.unpadded and start > 0:
+            self._masks = {key: _unpadded_block_mask(self.rows.tokens.shape[0], start, end, keys, self.opts.block_size,
+                                                     self.rows.tokens.device)}
         if key not in self._masks:
             rows, opts = self.rows, self.opts
             mask = decode_attention_mask(
@@ -181,3 +186,13 @@ class BlockForward:
             self._masks = {key: mask[:, None]}
         return self._masks[key]
 
+
+
+def _unpadded_block_mask(n: int, start: int, end: int, keys: int, block_size: int, device) -> torch.Tensor:
+    """``decode_attention_mask`` of a fused-commit or steady forward over unpadded rows, built
+    directly: every query sees the prompt and the committed blocks, the noisy block sees
+    itself, and the committed block's queries never see the noisy block (D4)."""
+    mask = torch.ones(n, 1, end - start, keys, dtype=torch.bool, device=device)
+    mask[..., end:] = False  # cache columns not written yet (fixed-shape view)
+    mask[:, :, : end - start - block_size, end - block_size : end] = False
+    return mask

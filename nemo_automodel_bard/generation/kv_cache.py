@@ -104,7 +104,8 @@ class BlockKVCache(Cache):
         (``full_view=False``) or ``[0, max_length)`` (fixed shape, the mask hides the rest)."""
         if not 0 <= start < end <= self.max_length:
             raise ValueError(f"window [{start}, {end}) outside the cache [0, {self.max_length})")
-        self.window.index = torch.arange(start, end, device=device)
+        if self.window.index is None or (self.window.start, self.window.index.shape[0]) != (start, end - start):
+            self.window.index = torch.arange(start, end, device=device)  # reused by a block's steps
         self.window.start = start
         self.window.view = self.max_length if full_view else end
 

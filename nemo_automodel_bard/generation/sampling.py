@@ -43,7 +43,7 @@ def propose_tokens(
     logits = logits.float()
     if banned is not None and banned.numel():
         logits = logits.index_fill(-1, banned.to(logits.device), float("-inf"))
-    if temperature == 0:
+    if temperature == 0:  # argmax of the softmax = argmax of the logits
         probs = logits.softmax(-1)
         confidence, tokens = probs.max(-1)
         return tokens, confidence
@@ -69,7 +69,7 @@ def propose_tokens(
 def select_commits(
     confidence: torch.Tensor,
     masked: torch.Tensor,
-    k_step: torch.Tensor,
+    k_step: torch.Tensor | int,
     *,
     strategy: str,
     threshold: float,
@@ -79,7 +79,7 @@ def select_commits(
     Args:
         confidence: ``[N, L]`` fp32 confidence of the proposals.
         masked: ``[N, L]`` bool, positions still masked (only these can be committed).
-        k_step: ``[N]`` int, this step's static count for each sample.
+        k_step: ``[N]`` int (or one int for all), this step's static count for each sample.
         strategy: ``low_confidence_static``: the ``min(k_step, #masked)`` most confident masked
             positions. ``low_confidence_dynamic`` (D6, as upstream): the masked positions with
             confidence strictly above ``threshold`` if there are at least ``k_step`` of them,
@@ -90,10 +90,14 @@ def select_commits(
         ``[N, L]`` bool commit mask (a subset of ``masked``).
     """
     scores = confidence.masked_fill(~masked, float("-inf"))
-    count = torch.minimum(k_step, masked.sum(-1))
-    order = scores.argsort(dim=-1, descending=True, stable=True)
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(order.shape[-1], device=order.device).expand_as(order))
-    static = (rank < count[:, None]) & masked
+    # Rank in descending confidence (ties: lower index first), by sorting twice. Masked
+    # positions (confidence >= 0) rank before the others (-inf): the top min(k_step, #masked)
+    # are the masked positions ranked below k_step.
+    rank = scores.argsort(dim=-1, descending=True, stable=True).argsort(dim=-1)
+    if isinstance(k_step, int):
+        static = (rank < k_step) & masked
+    else:
+        static = rank < torch.minimum(k_step, masked.sum(-1))[:, None]
     if strategy == "low_confidence_static":
         return static
     if strategy != "low_confidence_dynamic":

@@ -349,3 +349,23 @@ def test_block_size_and_prompt_attention_default_to_the_config(processor, batch)
     assert not torch.equal(default_block, out)  # and the prompt mode matters on these prompts
     with pytest.raises(ValueError, match="prompt_attention"):
         block_generate(block, batch, prompt_attention="full", **kw)
+
+
+def test_unpadded_fast_mask_equals_layout_mask(model, processor):
+    """The directly built mask of unpadded fused-commit / steady forwards (with and without the
+    fixed-shape extra columns) equals the general layout mask."""
+    from nemo_automodel_bard.generation.forward import BlockForward, decode_attention_mask
+
+    batch = dict(chat_batch(processor, ["describe it", "describe it"]))
+    assert bool(batch["attention_mask"].bool().all())
+    opts = resolve_options(
+        model, max_new_tokens=12, block_size=4, denoising_steps=4, temperature=0.0, top_k=0, top_p=1.0,
+        remasking_strategy="low_confidence_static", confidence_threshold=0.5, mask_token_id=None, eos_token_id=None,
+    )
+    rows, P = _initial_rows(model, batch, opts)
+    forward = BlockForward(model, rows, batch, opts, P + 12, use_cache=True, compiled=None)
+    for start, end in [(P, P + 8), (P + 4, P + 8), (P + 4, P + 12), (P + 8, P + 12)]:
+        expected = decode_attention_mask(rows.segment, rows.block, start=start, end=end, block_size=4)[:, None]
+        assert torch.equal(forward._mask(start, end, end), expected)
+        padded = forward._mask(start, end, P + 12)
+        assert torch.equal(padded[..., :end], expected) and not padded[..., end:].any()

@@ -16,6 +16,7 @@ vision tower, DeepStack, FSDP2 parallelizer and HF checkpointing are inherited:
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,9 +74,6 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
             layer.self_attn.is_causal = False
         # transformers asks each sub-model in turn: the text model is the one that runs flex.
         self.model.language_model._supports_flex_attn = True
-        # With no mask, transformers then builds none either (bidirectional, not causal): the
-        # decoder's steady step over an exact ``BlockKVCache`` view relies on it (sdpa flash, GQA).
-        self.model.language_model.config.is_causal = False
 
     def set_text_attention(self, implementation: str) -> None:
         """Run the text layers with ``implementation`` (``sdpa``, ``eager`` or ``flex_attention``).
@@ -255,19 +253,20 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         dtype = self.lm_head.weight.dtype if inputs_embeds is None else inputs_embeds.dtype
         attention_mask = self._prepare_mask(attention_mask, q_len, kv_len, dtype, past_key_values)
 
-        outputs = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            pixel_values=pixel_values,
-            pixel_values_videos=pixel_values_videos,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            use_cache=use_cache,
-            **kwargs,
-        )
+        with _bidirectional_if_unmasked(self.model.language_model.config, attention_mask is None):
+            outputs = self.model(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                pixel_values=pixel_values,
+                pixel_values_videos=pixel_values_videos,
+                image_grid_thw=image_grid_thw,
+                video_grid_thw=video_grid_thw,
+                use_cache=use_cache,
+                **kwargs,
+            )
         hidden = _select_positions(outputs.last_hidden_state, logits_to_keep)
         return Qwen3VLCausalLMOutputWithPast(
             loss=None,
@@ -338,6 +337,29 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
             return hf_generate(self, batch, options, **hf_kwargs)
         # None = not given: block_generate's defaults apply.
         return block_generate(self, batch, **{k: v for k, v in options.items() if v is not None})
+
+
+@contextmanager
+def _bidirectional_if_unmasked(text_config: Any, unmasked: bool):
+    """A mask-free decoding step (see ``_prepare_mask``): transformers must build no mask, not a
+    causal one. ``is_causal = False`` on the text config does that (bidirectional, skipped for
+    sdpa without padding); it is set only for this forward, so a stock model built from the
+    same config stays causal."""
+    if not unmasked:
+        yield
+        return
+    previous = text_config.__dict__.get("is_causal", _UNSET)
+    text_config.is_causal = False
+    try:
+        yield
+    finally:
+        if previous is _UNSET:
+            del text_config.is_causal
+        else:
+            text_config.is_causal = previous
+
+
+_UNSET = object()
 
 
 def _select_positions(hidden: torch.Tensor, logits_to_keep: int | torch.Tensor) -> torch.Tensor:
