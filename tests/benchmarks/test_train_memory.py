@@ -1,0 +1,68 @@
+"""``benchmarks/train_memory.py``: the live-bytes tracker against known tensor sizes, and the
+prediction for every shipped 4B/8B YAML (fits 0.94 x 80 GiB on 8 GPUs, activations measured).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import train_memory  # noqa: E402
+
+SHIPPED = sorted(p.name for p in (ROOT / "recipes").glob("bard_*_qwen3vl_*b.yaml"))
+
+
+def test_tracker_counts_what_the_step_holds_and_its_backward_peak():
+    x = torch.randn(100, 10, requires_grad=True)
+    square = 7
+
+    def forward():
+        y = x.exp()                      # saves its output: 100*10*4 bytes, held until backward
+        mask = torch.ones(1, square, square, dtype=torch.bool)  # square: two sequence-long dims
+        return (y * mask.sum()).sum()
+
+    measured = train_memory._run_step(forward, square, [x])
+    assert measured.held["square"] == 0  # the mask was freed inside forward
+    assert measured.held["linear"] >= 100 * 10 * 4
+    assert measured.extra_linear >= 100 * 10 * 4  # the gradient of y, then of x, in backward
+
+    tracker = train_memory.LiveBytes(square, [x])
+    with tracker:
+        kept = torch.zeros(2, square, square)  # 392 bytes, square
+        view = x.t()                           # a view of an existing storage: no new memory
+    assert tracker.live == {"linear": 0, "square": 2 * square * square * 4}
+    del kept, view
+
+
+def test_param_counts_match_a_full_meta_build():
+    # 1-layer build scaled vs the whole 36-layer model (scale_facts.md: 4.438B).
+    assert train_memory.param_counts("qwen3vl-4b").total == 4_437_815_808
+
+
+@pytest.mark.slow  # measures every shipped YAML's model at real width on CPU (minutes)
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_yaml_is_predicted_to_fit_80_gib_on_8_gpus(name, tmp_path):
+    out = tmp_path / "memory.json"
+    rc = train_memory.main(["--config", str(ROOT / "recipes" / name), "--gpus", "8", "--gpu-gib", "80",
+                            "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert rc == 0 and result["fits"], result
+    assert result["gpu_gib"] == 80 and result["predicted_peak_gib"] <= 0.94 * 80
+    measured = result["measured"]
+    hidden = train_memory.PRESETS[result["model"]]["text"]["hidden_size"]
+    if result["activation_checkpointing"]:
+        # AutoModel checkpoints each layer's norms, attention and MLP: their four bf16 inputs stay.
+        assert measured["text_layer_bytes_per_token"] == pytest.approx(4 * 2 * hidden, rel=0.05)
+    assert measured["loss_head_bytes_per_loss_token"] > 0 and measured["vision_block_bytes_per_patch"] > 0
+
+
+def test_shipped_yamls_are_the_four_4b_8b_recipes():
+    assert SHIPPED == ["bard_pbm_qwen3vl_4b.yaml", "bard_pbm_qwen3vl_8b.yaml", "bard_swd_qwen3vl_4b.yaml",
+                       "bard_swd_qwen3vl_8b.yaml"]
