@@ -19,6 +19,7 @@ the results file's ``throughput`` section.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lmms_eval.api.instance import GenerationResult, Instance, TokenCounts
@@ -54,6 +55,10 @@ class BardVL(lmms):
 
     def __init__(self, batch_size: int | str = 1, max_batch_size: Any = None, **model_args: Any) -> None:
         super().__init__()
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            # lmms-eval shards requests by the model's rank/world_size; this wrapper does not set
+            # them, so every process would decode every request: refuse instead of duplicating.
+            raise NotImplementedError("bard_vl runs in a single process (WORLD_SIZE > 1 found): run one lmms-eval per GPU")
         self.batch_size = _batch_size(batch_size)
         self.runner = BardVLRunner(**model_args)
 

@@ -97,13 +97,16 @@ def test_ar_source_through_lmms_eval_equals_bard_eval(toy):
     assert results["throughput"]["avg_tokens_per_forward"] == 1.0
 
 
-def test_batch_size_options_are_checked(toy):
+def test_batch_size_options_are_checked(toy, monkeypatch):
     with pytest.raises(ValueError, match="integer --batch_size >= 1.*auto is not supported"):
         BardVL.create_from_arg_string(f"pretrained={toy / 'bard'}", {"batch_size": "auto"})
     with pytest.raises(ValueError, match="model_args batch_size=4 is not a bard_vl model arg.*--batch_size"):
         BardVL.create_from_arg_string(f"pretrained={toy / 'bard'},batch_size=4", {"batch_size": "1"})
     with pytest.raises(ValueError, match="--device cuda and model_args device=cpu disagree"):
         BardVL.create_from_arg_string(f"pretrained={toy / 'bard'},device=cpu", {"device": "cuda"})
+    monkeypatch.setenv("WORLD_SIZE", "2")  # lmms-eval would shard by rank; the wrapper does not, so it refuses
+    with pytest.raises(NotImplementedError, match="single process"):
+        BardVL.create_from_arg_string(f"pretrained={toy / 'bard'}", {"batch_size": "1"})
 
 
 def test_launcher_exits_nonzero_when_lmms_eval_swallows_an_error(toy, tmp_path, capsys, monkeypatch):
