@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 from transformers import DynamicCache
 
+from nemo_automodel_bard.generation.cli import resolve_dtype
 from nemo_automodel_bard.generation.kv_cache import BlockKVCache
 from nemo_automodel_bard.generation.syncs import HostSyncCounter
 from nemo_automodel_bard.models.bard_vl import BardVLForConditionalGeneration
@@ -269,11 +270,12 @@ def run(args) -> dict:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    dtype = torch.bfloat16 if args.dtype == "auto" and device.type == "cuda" else getattr(torch, args.dtype, torch.float32)
+    dtype = resolve_dtype(args.dtype, args.device)
     bard, ar, _ = build_models(args.size, dtype, args.device)
     vocab = bard.config.text_config.vocab_size
     result = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads(),
+        "machine": {"platform": platform.platform(), "processor": platform.processor(),
+                    "threads": torch.get_num_threads(),
                     "torch": torch.__version__, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None},
         "args": {k: v for k, v in vars(args).items() if k != "json"},
@@ -304,7 +306,8 @@ def print_table(r: dict) -> None:
         for b in BLOCK_SIZES:
             print(f"  {b:>5} | {ms[f'bard_block{b}']:>7.2f} | {ms[f'stock_q{b}']:>8.2f} | "
                   f"{ratio[f'block{b}_vs_stock']:>10.2f} | {ms[f'bard_block{b}'] / ms['ar_token']:>13.2f}")
-        print(f"  fused | {ms['bard_fused_commit']:>7.2f} | {ms['stock_q64']:>8.2f} | {ratio['fused_commit_vs_stock']:>10.2f} |")
+        print(f"  fused | {ms['bard_fused_commit']:>7.2f} | {ms['stock_q64']:>8.2f} | "
+              f"{ratio['fused_commit_vs_stock']:>10.2f} |")
     for n, t in r["throughput"].items():
         tps = "  ".join(f"{k} {v:.0f}" for k, v in t["tokens_per_s"].items())
         print(f"batch {n} tokens/s: {tps}")

@@ -171,7 +171,8 @@ def summary(out_dir: Path) -> int:
         print(f"  batch {n}, cache {lat['cache_tokens']}: AR token {ms['ar_token']:.2f} ms | {cells} | "
               f"block32/AR token {f['ratios']['block32_vs_ar_token']:.2f}")
     if "sdpa_kernels" in lat:
-        print(f"  SDPA kernels: steady (no mask) {lat['sdpa_kernels']['steady_no_mask']}, masked {lat['sdpa_kernels']['masked']}")
+        kernels = lat["sdpa_kernels"]
+        print(f"  SDPA kernels: steady (no mask) {kernels['steady_no_mask']}, masked {kernels['masked']}")
     for n, t in merged["throughput"].get("batch", {}).items():
         print(f"  batch {n} tokens/s: " + "  ".join(f"{k} {v:.1f}" for k, v in t["tokens_per_s"].items()))
         print("    ratios: " + "  ".join(f"{k} {v:.2f}" for k, v in t["ratios"].items()))
