@@ -217,6 +217,7 @@ def _run_step(forward, square_len: int, existing: list[torch.Tensor]) -> Measure
     tracker = LiveBytes(square_len, existing)
     with tracker:
         loss = forward()
+        tracker._sweep()  # what forward's locals dropped on return
         held = dict(tracker.live)
         tracker.peak_total, tracker.peak = sum(held.values()), dict(held)
         loss.backward()
@@ -315,8 +316,11 @@ def measure_loss_head(preset: str, tokens: int, kind: str, hidden: int = 256) ->
     with torch.no_grad():
         targets = teacher_topk(torch.randn(tokens, vocab, generator=gen), top_k=16)
 
+    kept = []  # the recipe keeps `logits` referenced until its backward has run
+
     def forward():
         logits = head(states)
+        kept.append(logits)
         loss = weighted_cross_entropy(logits, labels, weights, 1.0)
         if kind == "swd":
             loss = loss + (topk_kl_to_student(logits, *targets) * weights).sum()
