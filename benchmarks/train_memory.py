@@ -23,8 +23,12 @@ What is measured and what is counted (docs/training.md, "Memory"):
   ``[B,1,S,S]`` fp32 additive mask held through the step (sdpa) or the BlockMask (flex); a
   fixed reserve for the CUDA context and NCCL buffers.
 * **Worst case assumed**: every row of the micro-batch is ``pack_size`` long (one sample's
-  longest layout when packing is off), every noisy token is a loss position (S/2 a row), and
-  ``--vision-tokens`` merged vision tokens a row (default: the whole ``max_length``).
+  longest layout when packing is off), half of it is the noisy copy, ``--vision-tokens``
+  merged vision tokens a row (default: the whole ``max_length``). Loss positions:
+  ``--loss-fraction`` (0.7) of the noisy half. The corrupted fraction has mean 1/2 (mask
+  noise) or 2/pi (mixed) and, with per-block t stratified over a response's blocks, a
+  standard deviation below ``0.5 / sqrt(R)`` of it: 0.7 is over 10 deviations above either mean at
+  R = 8192 (only rows of a few short samples can exceed it, and then by few tokens).
 
 Attention: the sdpa figure is what the shipped YAMLs run today (``attn_implementation: sdpa``,
 a dense mask, one S x S bias saved per layer without checkpointing); the flex figure drops
@@ -217,6 +221,7 @@ def _run_step(forward, square_len: int, existing: list[torch.Tensor]) -> Measure
     tracker = LiveBytes(square_len, existing)
     with tracker:
         loss = forward()
+        tracker._sweep()  # what forward's locals dropped on return
         held = dict(tracker.live)
         tracker.peak_total, tracker.peak = sum(held.values()), dict(held)
         loss.backward()
@@ -300,7 +305,7 @@ def measure_vision(preset: str, patches_side: int, depth: int, checkpointing: bo
     return _run_step(forward, -1, [*model.parameters(), *model.buffers(), pixels, grid])
 
 
-def measure_loss_head(preset: str, tokens: int, kind: str, hidden: int = 256) -> Measured:
+def measure_loss_head(preset: str, tokens: int, kind: str, hidden: int = 8) -> Measured:
     """LM head + loss over ``tokens`` loss positions at the real vocabulary (bf16 logits, fp32 loss)."""
     from nemo_automodel_bard.diffusion.distill import teacher_topk, topk_kl_to_student
     from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
@@ -315,8 +320,11 @@ def measure_loss_head(preset: str, tokens: int, kind: str, hidden: int = 256) ->
     with torch.no_grad():
         targets = teacher_topk(torch.randn(tokens, vocab, generator=gen), top_k=16)
 
+    kept = []  # the recipe keeps `logits` referenced until its backward has run
+
     def forward():
         logits = head(states)
+        kept.append(logits)
         loss = weighted_cross_entropy(logits, labels, weights, 1.0)
         if kind == "swd":
             loss = loss + (topk_kl_to_student(logits, *targets) * weights).sum()
@@ -431,7 +439,7 @@ def predict(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     l_held, l_extra = loss_rates(preset, cfg["recipe"])
     vision_tokens = args.vision_tokens if args.vision_tokens is not None else cfg["max_length"] - 1
     patches = rows * 4 * min(vision_tokens, seq)
-    loss_tokens = rows * seq // 2
+    loss_tokens = int(args.loss_fraction * rows * seq // 2)
 
     gib = {}
     gib["params_grads_adam_sharded"] = counts.total * ADAM_BYTES_PER_PARAM / gpus / GIB
@@ -505,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vision-tokens", type=int, help="merged vision tokens a row (default: max_length - 1)")
     parser.add_argument("--measure-seq", type=int, default=48, help="row length of the CPU measurement")
     parser.add_argument("--measure-patches-side", type=int, default=8, help="vision measurement: side^2 patches")
+    parser.add_argument("--loss-fraction", type=float, default=0.7,
+                        help="loss positions as a fraction of a row's noisy half (mean 1/2 for mask noise, 2/pi mixed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", type=int, nargs="*", metavar="SEQ",
                         help="also print a markdown table at these row lengths, checkpointing on and off")
