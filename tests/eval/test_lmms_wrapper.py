@@ -148,8 +148,8 @@ def test_runner_reads_a_frame_list_as_one_video(runner, tmp_path):
 def test_batched_video_requests_equal_batch_one(runner, tmp_path):
     """Images, videos and both in one left-padded batch: every request gets its batch-1 answer."""
     mp4, webm = str(write_tiny_video(tmp_path / "a.mp4")), str(write_tiny_video(tmp_path / "b.webm", frames=12))
-    contexts = ["describe the picture in many more words", "what happens?", "compare them", "a"]
-    visuals = [[tiny_image(seed=30)], [mp4], [tiny_image(seed=31, size=16), webm], [webm]]
+    contexts = ["describe the picture in many more words", "what happens?", "compare them", "a", "text only"]
+    visuals = [[tiny_image(seed=30)], [mp4], [tiny_image(seed=31, size=16), webm], [webm], []]
     batched = runner.answer_batch(contexts, visuals, {"max_new_tokens": 8})
     single = [runner.answer_batch([c], [v], {"max_new_tokens": 8})[0] for c, v in zip(contexts, visuals)]
     assert [a.text for a in batched] == [a.text for a in single]
@@ -158,6 +158,25 @@ def test_batched_video_requests_equal_batch_one(runner, tmp_path):
     assert len({a.input_tokens for a in single}) > 1  # the batch really was padded
     text = runner.processor.apply_chat_template(runner.messages("q", [None], 1), tokenize=False)
     assert text.index("<|image_pad|>") < text.index("<|video_pad|>") < text.index("q<|im_end|>")
+
+
+def test_ar_decoding_answers_a_video_like_transformers_generate(tmp_path):
+    ar = save_tiny_qwen3vl_checkpoint(tmp_path / "ar", seed=1)
+    runner = BardVLRunner(str(ar), decoding="ar", max_new_tokens=6, device="cpu", dtype="float32")
+    video = str(write_tiny_video(tmp_path / "clip.mp4"))
+    proc = runner.processor
+    frames, meta = load_video({"type": "video", "video": video}, Path("."), "ref", proc.video_processor.patch_size)
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "q"}]}]
+    text = proc.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    batch = proc(text=[text], videos=[frames], return_tensors="pt",
+                 videos_kwargs={"video_metadata": [meta], "do_sample_frames": False, "do_resize": False})
+    with torch.inference_mode():
+        out = runner.model.generate(**batch, max_new_tokens=6, do_sample=False, eos_token_id=runner.eos_token_id)
+    ids = out[0, batch["input_ids"].shape[1]:].tolist()
+    ids = ids[: ids.index(runner.eos_token_id) + 1] if runner.eos_token_id in ids else ids
+    answer = runner.answer_batch(["q"], [[video]], {"max_new_tokens": 6})[0]
+    assert answer.text == proc.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    assert answer.output_tokens == len(ids)
 
 
 def test_runner_names_bad_visuals(runner, tmp_path):
