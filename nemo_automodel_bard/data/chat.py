@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["BadSampleError", "ChatRow", "read_rows", "check_row", "split_last_assistant", "load_image", "load_video"]
+__all__ = ["BadSampleError", "ChatRow", "read_rows", "check_row", "split_last_assistant", "load_image", "load_video",
+           "video_processor_kwargs"]
 
 ROLES = ("system", "user", "assistant")
 
@@ -237,3 +238,17 @@ def load_video(item: dict, root_dir: Path, source: str, patch_size: int) -> tupl
         hint = "" if isinstance(item["video"], list) else "; video files need torchcodec or decord installed"
         raise BadSampleError(source, f"unreadable video ({type(exc).__name__}: {exc}{hint})") from None
     return frames, metadata
+
+
+def video_processor_kwargs(videos: list[tuple[Any, dict]]) -> dict:
+    """Processor keyword arguments for :func:`load_video` outputs (empty when there are none).
+
+    qwen-vl-utils already sampled and resized the frames, so the processor must do neither
+    again; the metadata gives it the frame timestamps.
+    """
+    if not videos:
+        return {}
+    return {
+        "videos": [frames for frames, _ in videos],
+        "videos_kwargs": {"video_metadata": [meta for _, meta in videos], "do_sample_frames": False, "do_resize": False},
+    }

@@ -84,7 +84,7 @@ class BardVL(lmms):
         return cls(batch_size=extra.get("batch_size", 1), max_batch_size=extra.get("max_batch_size"), **model_args)
 
     def _visuals(self, request: Instance) -> list[Any]:
-        """The request's images: ``doc_to_visual(doc)`` on the task's document."""
+        """The request's images and videos: ``doc_to_visual(doc)`` on the task's document."""
         _, _, doc_to_visual, doc_id, task, split = request.args
         visuals = doc_to_visual(self.task_dict[task][split][doc_id]) if doc_to_visual is not None else []
         return list(visuals or [])

@@ -8,7 +8,7 @@ so a Bard-VL and its source are compared on equal footing. The lmms-eval adapter
 (:mod:`.lmms_model`) only unpacks requests and delegates here.
 
 Prompts and answers are built exactly as ``bard eval`` (:mod:`nemo_automodel_bard.toy.evaluate`)
-builds them: one user turn (images, then the text), the checkpoint's chat template with the
+builds them: one user turn (images, then videos, then the text), the checkpoint's chat template with the
 generation prompt, no system turn unless ``system_prompt`` is given; the answer is the text up
 to the first EOS with special tokens dropped, stripped.
 
@@ -93,6 +93,13 @@ class ThroughputLog:
         }
 
 
+def _is_video(visual: Any) -> bool:
+    """A video file path, or a non-empty list of frame-image paths (one video)."""
+    if isinstance(visual, (str, Path)):
+        return str(visual).lower().endswith(_VIDEO_SUFFIXES)
+    return isinstance(visual, (list, tuple)) and bool(visual) and all(isinstance(f, (str, Path)) for f in visual)
+
+
 def _dtype(name: str, device: str) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -110,7 +117,7 @@ def _load_model(settings: EvalSettings, device: str) -> torch.nn.Module:
 
 
 class BardVLRunner:
-    """A loaded checkpoint + processor that answers image/text requests in left-padded batches.
+    """A loaded checkpoint + processor that answers image/video/text requests in left-padded batches.
 
     Args:
         pretrained: checkpoint folder: Bard-VL for ``decoding="bard"``, the AR source for ``"ar"``.
@@ -141,41 +148,62 @@ class BardVLRunner:
         self.eos_token_id = self.processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.log = ThroughputLog()
 
-    def messages(self, context: str, images: list[Any]) -> list[dict]:
-        """Chat turns: a system turn only if ``system_prompt`` is set, then images + text in one user turn.
+    def messages(self, context: str, images: list[Any], num_videos: int = 0) -> list[dict]:
+        """Chat turns: a system turn only if ``system_prompt`` is set, then one user turn with the
+        images, the videos and the text, in that order (as ``bard generate`` and training build it).
 
         lmms-eval contexts may carry an ``<image>`` placeholder; the chat template places the
         vision tokens itself, so the placeholder is dropped.
         """
-        content = [{"type": "image"} for _ in images] + [{"type": "text", "text": context.replace("<image>", "").strip()}]
+        content = [{"type": "image"} for _ in images] + [{"type": "video"} for _ in range(num_videos)]
+        content.append({"type": "text", "text": context.replace("<image>", "").strip()})
         turns = [{"role": "system", "content": [{"type": "text", "text": self.system_prompt}]}] if self.system_prompt else []
         return turns + [{"role": "user", "content": content}]
 
-    @staticmethod
-    def load_images(visuals: Iterable[Any] | None) -> list[Any]:
-        """PIL images (or image paths) as RGB PIL images; videos are not supported here."""
+    def load_visuals(self, visuals: Iterable[Any] | None) -> tuple[list[Any], list[tuple[Any, dict]]]:
+        """``(images, videos)`` of one request, in the order given.
+
+        Images: PIL images or image paths, as RGB PIL images. Videos: video file paths
+        (``.mp4``, ``.webm``, ...) or a list of frame-image paths, decoded by qwen-vl-utils exactly
+        as in training (:func:`~nemo_automodel_bard.data.chat.load_video`): ``(frames, metadata)``.
+        """
         from PIL import Image
 
-        images = []
+        from nemo_automodel_bard.data.chat import BadSampleError, load_video
+
+        images, videos = [], []
         for visual in visuals or []:
             if visual is None:
                 continue
+            if _is_video(visual):
+                ref = [str(Path(f).resolve()) for f in visual] if isinstance(visual, (list, tuple)) else str(Path(visual).resolve())
+                try:
+                    videos.append(load_video({"type": "video", "video": ref}, Path("."), str(visual),
+                                             self.processor.video_processor.patch_size))
+                except BadSampleError as err:
+                    raise ValueError(f"video input {err}") from None
+                continue
             if isinstance(visual, (str, Path)):
-                if str(visual).lower().endswith(_VIDEO_SUFFIXES):
-                    raise NotImplementedError(f"video input {visual!r}: the bard_vl lmms-eval wrapper reads images only")
                 visual = Image.open(visual)
+            if not isinstance(visual, Image.Image):
+                raise ValueError(f"visual of type {type(visual).__name__}: expected a PIL image, an image path, "
+                                 f"a video file ({', '.join(_VIDEO_SUFFIXES)}) or a list of frame-image paths")
             images.append(visual.convert("RGB"))
-        return images
+        return images, videos
 
     def encode(self, contexts: Sequence[str], visuals: Sequence[Iterable[Any] | None]) -> dict[str, torch.Tensor]:
         """Left-padded processor output for the requests' chats (generation prompt added)."""
-        texts, images = [], []
+        from nemo_automodel_bard.data.chat import video_processor_kwargs
+
+        texts, images, videos = [], [], []
         for context, request_visuals in zip(contexts, visuals):
-            request_images = self.load_images(request_visuals)
+            request_images, request_videos = self.load_visuals(request_visuals)
             images += request_images
-            texts.append(self.processor.apply_chat_template(self.messages(context, request_images), tokenize=False,
-                                                            add_generation_prompt=True))
-        return self.processor(text=texts, images=images or None, padding=True, return_tensors="pt").to(self.device)
+            videos += request_videos
+            messages = self.messages(context, request_images, len(request_videos))
+            texts.append(self.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        return self.processor(text=texts, images=images or None, padding=True, return_tensors="pt",
+                              **video_processor_kwargs(videos)).to(self.device)
 
     def _cut_at_eos(self, ids: list[int]) -> list[int]:
         return ids[: ids.index(self.eos_token_id) + 1] if self.eos_token_id in ids else ids

@@ -78,6 +78,8 @@ def build_batch(processor, prompt: str, images: list, system_prompt: str = SYSTE
     ``videos`` are ``(frames, metadata)`` pairs from ``nemo_automodel_bard.data.chat.load_video``
     (qwen-vl-utils sampling and resizing, as in training).
     """
+    from nemo_automodel_bard.data.chat import video_processor_kwargs
+
     videos = videos or []
     content = [{"type": "image", "image": image} for image in images] + [{"type": "video"} for _ in videos]
     content.append({"type": "text", "text": prompt})
@@ -86,12 +88,8 @@ def build_batch(processor, prompt: str, images: list, system_prompt: str = SYSTE
         {"role": "user", "content": content},
     ]
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    kwargs = {}
-    if videos:
-        kwargs["videos"] = [frames for frames, _ in videos]
-        kwargs["videos_kwargs"] = {"video_metadata": [meta for _, meta in videos], "do_sample_frames": False,
-                                   "do_resize": False}
-    return processor(text=[text], images=images or None, padding=True, return_tensors="pt", **kwargs)
+    return processor(text=[text], images=images or None, padding=True, return_tensors="pt",
+                     **video_processor_kwargs(videos))
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
