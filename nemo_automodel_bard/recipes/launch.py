@@ -155,9 +155,10 @@ def run_in_process(config_path: str | Path, overrides: list[str]) -> Any:
     return recipe
 
 
-def _validate(data: dict[str, Any], overrides: list[str]) -> None:
+def _validate(data: dict[str, Any], overrides: list[str], check_paths: bool = True) -> None:
     """Every model-free check on the YAML + overrides: ``check_config`` (all problems in one
-    message, model folders included), then the recipe's own ``validate_config`` (if any)."""
+    message, model folders included unless ``check_paths`` is False), then the recipe's own
+    ``validate_config`` (if any)."""
     from nemo_automodel.components.config.loader import ConfigNode, translate_value
 
     from nemo_automodel_bard.recipes.config_check import check_config, plain_config
@@ -175,7 +176,7 @@ def _validate(data: dict[str, Any], overrides: list[str]) -> None:
     if not recipe_cls.__module__.startswith("nemo_automodel_bard."):
         return  # AutoModel's own recipes (toy stage 0) check their configs themselves
     stage_cls = getattr(recipe_cls, "stage_recipe_cls", recipe_cls)
-    check_config(config, getattr(stage_cls, "extra_config_sections", frozenset()), check_paths=True)
+    check_config(config, getattr(stage_cls, "extra_config_sections", frozenset()), check_paths=check_paths)
     if hasattr(recipe_cls, "validate_config"):
         recipe_cls.validate_config(config)
 
@@ -290,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         _default_backend(data)
     overrides = _normalise_overrides(extra)
     try:
-        _validate(data, overrides)
+        # Paths are the cluster's for a remote job, and a dry run only prints the command.
+        _validate(data, overrides, check_paths=not (remote or options["dry_run"]))
     except ValueError as exc:  # ConfigKeyError and bad values: one clear message, before any model loads
         print(f"bard finetune: {source}: {exc}", file=sys.stderr)
         return 2

@@ -22,7 +22,7 @@ STUDENT_B, ANCHOR_B = 8, 4
 def test_attention_setting_values():
     assert BardSettings.from_mapping({}).attention == "auto"
     assert BardSettings.from_mapping({"attention": "flex"}).attention == "flex"
-    with pytest.raises(ValueError, match="bard.attention must be one of auto, flex, sdpa, got 'flash'"):
+    with pytest.raises(ValueError, match=r"bard.attention: must be one of \['auto', 'flex', 'sdpa'\], got 'flash'"):
         BardSettings.from_mapping({"attention": "flash"})
 
 

@@ -95,9 +95,11 @@ def test_dry_run_prints_the_node_command(capsys, monkeypatch):
     assert "would run:" in out and "--node-rank=1" in out and "--nnodes=2" in out
 
 
-def test_srun_ranks_with_exported_env_run_in_process(capsys, monkeypatch):
+def test_srun_ranks_with_exported_env_run_in_process(capsys, monkeypatch, tmp_path):
     """srun with one task per GPU (RANK/WORLD_SIZE/LOCAL_RANK exported, no torchrun): no second launcher."""
     from nemo_automodel_bard.recipes import launch
+
+    model = f"--model.pretrained_model_name_or_path={tmp_path}"  # the config check wants the folder to exist
 
     monkeypatch.delenv("TORCHELASTIC_RUN_ID", raising=False)
     monkeypatch.setenv("RANK", "5")
@@ -106,8 +108,8 @@ def test_srun_ranks_with_exported_env_run_in_process(capsys, monkeypatch):
     ran = []
     monkeypatch.setattr(launch, "run_in_process", lambda path, overrides: ran.append(overrides))
     monkeypatch.setattr(launch.subprocess, "call", lambda *a, **k: pytest.fail("relaunched under torchrun"))
-    assert launch.main(["--recipe", "bard_pbm_tiny", "--nproc-per-node", "8", "--seed", "3"]) == 0
-    assert ran == [["--seed=3"]]
+    assert launch.main(["--recipe", "bard_pbm_tiny", "--nproc-per-node", "8", "--seed", "3", model]) == 0
+    assert ran == [["--seed=3", model]]
     assert launch.main(["--recipe", "bard_pbm_tiny", "--dry-run"]) == 0
     assert "in-process (rank 5 of 16)" in capsys.readouterr().out
 

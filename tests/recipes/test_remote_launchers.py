@@ -38,7 +38,7 @@ def test_skypilot_job_installs_the_package_and_runs_our_recipe_with_the_users_ya
     monkeypatch.setattr(sky_utils, "submit_skypilot_job",
                         lambda config, job_dir: submitted.update(config=config, job_dir=job_dir) or 0)
     path, user = _uncommented(yaml_name, "skypilot", tmp_path, job_dir=str(tmp_path / "jobs"))
-    assert launch.main(["--config", str(path), "--step_scheduler.max_steps", "3"]) == 0
+    assert launch.main(["--config", str(path), "--step_scheduler.max_steps", "300"]) == 0
 
     config = submitted["config"]
     assert config.num_nodes == 2 and config.accelerators == "H100:8"
@@ -50,7 +50,7 @@ def test_skypilot_job_installs_the_package_and_runs_our_recipe_with_the_users_ya
     command = config.command
     script = f"~/sky_workdir/nemo_automodel_bard/recipes/{module}.py"
     for part in ("torchrun", "--nproc_per_node=8", "--nnodes=$SKYPILOT_NUM_NODES", "--node_rank=$SKYPILOT_NODE_RANK",
-                 script, f"-c {sky_utils.REMOTE_CONFIG_PATH}", "--step_scheduler.max_steps=3"):
+                 script, f"-c {sky_utils.REMOTE_CONFIG_PATH}", "--step_scheduler.max_steps=300"):
         assert part in command
     source = (ROOT / script.replace("~/sky_workdir/", "")).read_text()
     assert 'if __name__ == "__main__"' in source and "parse_args_and_load_config" in source
