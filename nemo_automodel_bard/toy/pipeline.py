@@ -53,8 +53,11 @@ class Profile:
     thresholds: tuple[float, ...]
     warmup: int
     eval_batch_size: int = 16  # accuracy passes; outputs equal batch 1 (tests/toy/test_evaluate.py)
-    speed_prompts: int = 32  # test prompts timed for the speed ratios
+    speed_prompts: int = 16  # test prompts timed for the speed ratios
     speed_repeats: int = 5  # interleaved passes; medians over these
+    # Also decode the whole threshold sweep on test (the trade-off curve on test). Off by
+    # default: it costs one full test pass per threshold, the largest part of the evaluation.
+    test_sweep: bool = False
 
 
 PROFILES = {
@@ -62,7 +65,7 @@ PROFILES = {
                        batch_size=16, thresholds=(0.3, 0.5, 0.7, 0.9, 0.95), warmup=5),
     "quick": Profile(train=64, test=6, val=6, ar_curriculum="read:1-3:1,all:4-8:2", pbm_steps=(2, 2, 2, 2), swd_steps=2,
                      batch_size=4, thresholds=(0.5, 0.9), warmup=1, eval_batch_size=4, speed_prompts=6,
-                     speed_repeats=2),
+                     speed_repeats=2, test_sweep=True),
 }
 
 
@@ -157,9 +160,10 @@ def _bard_settings(block: int, threshold: float) -> dict:
 def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profile, sweep: str) -> dict:
     """Evaluate AR + every checkpoint (their own block size, threshold 0.9) + the sweep of ``sweep``.
 
-    The sweep runs on val first and :func:`~nemo_automodel_bard.toy.stats.choose_threshold`
-    picks the operating threshold there; the test rows of the sweep only draw the trade-off
-    curve. The speed ratios are timed last, AR against ``sweep`` at the chosen threshold.
+    The sweep runs on val and :func:`~nemo_automodel_bard.toy.stats.choose_threshold` picks
+    the operating threshold there; test then decodes that threshold (the whole sweep only with
+    ``profile.test_sweep``). The trade-off plot shows the val sweep against AR on val. The
+    speed ratios are timed last, AR against ``sweep`` at the chosen threshold.
     """
     from nemo_automodel_bard.toy import evaluate as ev
     from nemo_automodel_bard.toy.plot import plot_tradeoff
@@ -174,7 +178,8 @@ def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profi
     ar_model, processor = ev.load_ar(ar)
     ar_decode = ev.ar_decoder(ar_model, processor, 32)
     rows = [ev.evaluate("AR", ar_decode, test, {"kv_cache": True}, batch_size=bs)]
-    val_rows, chosen, bard_decode = [], None, None
+    val_rows = [asdict(ev.evaluate("AR", ar_decode, val, {"kv_cache": True}, batch_size=bs))]
+    chosen, bard_decode = None, None
     for label, path in checkpoints.items():
         model = ev.load_bard(path)
         if label != sweep:
@@ -186,8 +191,8 @@ def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profi
             settings = _bard_settings(32, threshold)
             val_rows.append(asdict(ev.evaluate(f"{label}@{threshold}", ev.bard_decoder(model, processor, 32, **settings),
                                                val, settings, batch_size=bs)))
-        chosen = choose_threshold(val_rows)
-        for threshold in profile.thresholds:
+        chosen = choose_threshold(val_rows[1:])
+        for threshold in profile.thresholds if profile.test_sweep else (chosen["threshold"],):
             settings = _bard_settings(32, threshold)
             decode = ev.bard_decoder(model, processor, 32, **settings)
             rows.append(ev.evaluate(f"{label}@{threshold}", decode, test, settings, batch_size=bs))
@@ -197,8 +202,7 @@ def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profi
     if bard_decode is not None:
         speed = ev.timed_speedups(ar_decode, bard_decode, test[: profile.speed_prompts], (1, 8), profile.speed_repeats)
     results = [asdict(r) for r in rows]
-    plot_tradeoff([r for r in results if r["name"] == "AR" or r["name"].startswith(sweep + "@")],
-                  out / "accuracy_vs_throughput.png")
+    plot_tradeoff(val_rows, out / "accuracy_vs_throughput.png")
     (out / "eval.json").write_text(json.dumps({"test": results, "val": val_rows, "chosen": chosen, "speed": speed},
                                               indent=1))
     return {"rows": results, "val_rows": val_rows, "chosen": chosen, "speed": speed,
@@ -291,7 +295,8 @@ def run_pipeline(out: Path, mode: str, retrain_ar: bool, seed: int = 0, profile:
         _log(f"stage {name} done in {timings[name]:.0f}s")
         return result
 
-    timed("data", generate_splits, out / "data", seed=seed, sizes={"train": profile.train, "val": profile.val, "test": profile.test})
+    sizes = {"train": profile.train, "val": profile.val, "test": profile.test}
+    timed("data", generate_splits, out / "data", seed=seed, sizes=sizes)
     ar, notes["ar"] = timed("ar", stage_ar, out, profile, retrain_ar, seed)
     init = out / "bard_init"
     if not (init / "config.json").is_file():
