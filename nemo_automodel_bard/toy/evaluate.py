@@ -1,6 +1,7 @@
 """Evaluate AR and Bard-VL checkpoints on the toy test split: accuracy, TPF, forwards, tokens/s.
 
-Definitions (same for every model, measured in one process on one machine, batch 1):
+Definitions (same for every model, measured in one process on one machine; samples are
+decoded in batches, which changes no output or count, only the wall time):
 
 * **exact match**: the decoded answer (up to EOS, special tokens dropped) equals the
   reference word for word;
@@ -9,7 +10,8 @@ Definitions (same for every model, measured in one process on one machine, batch
 * **forwards**: model calls spent decoding (AR: one per generated token, the prefill
   included; Bard: every denoising forward, prefill and commit fused, see ``StepStats``);
 * **TPF**: generated tokens (EOS included) / forwards (AR = 1 by construction);
-* **tokens/s**: generated tokens / wall time of the ``generate`` calls.
+* **tokens/s**: generated tokens / wall time of the ``generate`` calls (at the row's batch
+  size); speed *ratios* come from :func:`timed_speedups` (AR and Bard interleaved, repeated).
 
 ``bard eval --data DIR --ar AR_CKPT --bard b32=CKPT --block-size 32 --out DIR``
 
@@ -42,9 +44,12 @@ __all__ = [
     "summarize",
     "load_examples",
     "prompt_batch",
+    "Decoder",
     "ar_decoder",
     "bard_decoder",
+    "chunked",
     "evaluate",
+    "timed_speedups",
     "main",
 ]
 
@@ -76,6 +81,8 @@ class Metrics:
     samples: int
     settings: dict = field(default_factory=dict)
     per_task: dict = field(default_factory=dict)
+    per_task_samples: dict = field(default_factory=dict)
+    hits: list = field(default_factory=list)  # per-sample exact match (0/1), for paired intervals
 
 
 def exact_match(pred: str, ref: str) -> bool:
@@ -101,9 +108,11 @@ def summarize(name: str, refs: list[str], results: list[DecodeResult], tasks: li
     forwards = sum(r.forwards for r in results)
     seconds = sum(r.seconds for r in results)
     per_task: dict[str, float] = {}
+    per_task_samples: dict[str, int] = {}
     for task in sorted(set(tasks or [])):
         hits = [e for e, t in zip(em, tasks) if t == task]
         per_task[task] = sum(hits) / len(hits)
+        per_task_samples[task] = len(hits)
     return Metrics(
         name=name,
         exact_match=sum(em) / n,
@@ -116,6 +125,8 @@ def summarize(name: str, refs: list[str], results: list[DecodeResult], tasks: li
         samples=n,
         settings=settings or {},
         per_task=per_task,
+        per_task_samples=per_task_samples,
+        hits=[int(e) for e in em],
     )
 
 
@@ -137,14 +148,19 @@ def load_examples(path: str | Path, limit: int | None = None) -> list[dict]:
     return out[:limit]
 
 
-def prompt_batch(processor: Any, example: dict) -> dict[str, torch.Tensor]:
-    """Processor output for one example's user turn, generation prompt added."""
+def prompt_batch(processor: Any, examples: dict | list[dict]) -> dict[str, torch.Tensor]:
+    """Processor output for the examples' user turns (generation prompt added, left-padded)."""
     from PIL import Image
 
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example["question"]}]}]
-    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    image = Image.open(example["image"]).convert("RGB")
-    batch = processor(text=[text], images=[image], return_tensors="pt")
+    examples = [examples] if isinstance(examples, dict) else examples
+    if processor.tokenizer.padding_side != "left":
+        raise ValueError("batched decoding needs a left-padding tokenizer (processor.tokenizer.padding_side = 'left')")
+    texts, images = [], []
+    for example in examples:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": example["question"]}]}]
+        texts.append(processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+        images.append(Image.open(example["image"]).convert("RGB"))
+    batch = processor(text=texts, images=images, return_tensors="pt", padding=True)
     image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
     batch["mm_token_type_ids"] = (batch["input_ids"] == image_id).long()
     return batch
@@ -157,55 +173,98 @@ def _decode_text(tokenizer: Any, ids: list[int], eos_id: int) -> tuple[str, int]
     return tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids)
 
 
-def ar_decoder(model: Any, processor: Any, max_new_tokens: int) -> Callable[[dict], DecodeResult]:
-    """Greedy AR decoding with transformers' ``generate`` and its KV cache."""
+# A decoder maps a chunk of examples (decoded as one batch) to one result per example. The
+# chunk's wall time is shared equally by its samples: per-sample seconds only feed sums.
+Decoder = Callable[[list[dict]], list[DecodeResult]]
+
+
+def ar_decoder(model: Any, processor: Any, max_new_tokens: int) -> Decoder:
+    """Greedy AR decoding with transformers' ``generate`` and its KV cache (batched, left-padded)."""
     tokenizer = processor.tokenizer
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def decode(example: dict) -> DecodeResult:
-        batch = prompt_batch(processor, example)
+    def decode(examples: list[dict]) -> list[DecodeResult]:
+        batch = prompt_batch(processor, examples)
         start = time.perf_counter()
         with torch.no_grad():
             out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
                                  eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-        seconds = time.perf_counter() - start
-        text, tokens = _decode_text(tokenizer, out[0, batch["input_ids"].shape[1]:].tolist(), eos)
-        return DecodeResult(text=text, tokens=tokens, forwards=tokens, seconds=seconds)
+        seconds = (time.perf_counter() - start) / len(examples)
+        results = []
+        for row in out[:, batch["input_ids"].shape[1]:].tolist():
+            text, tokens = _decode_text(tokenizer, row, eos)
+            results.append(DecodeResult(text=text, tokens=tokens, forwards=tokens, seconds=seconds))
+        return results
 
     return decode
 
 
-def bard_decoder(model: Any, processor: Any, max_new_tokens: int, **gen_kwargs: Any) -> Callable[[dict], DecodeResult]:
-    """Block-diffusion decoding through ``model.generate(..., return_step_stats=True)``."""
+def bard_decoder(model: Any, processor: Any, max_new_tokens: int, **gen_kwargs: Any) -> Decoder:
+    """Block-diffusion decoding through ``model.generate(..., return_step_stats=True)`` (batched)."""
     tokenizer = processor.tokenizer
     eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def decode(example: dict) -> DecodeResult:
-        batch = prompt_batch(processor, example)
+    def decode(examples: list[dict]) -> list[DecodeResult]:
+        batch = prompt_batch(processor, examples)
         start = time.perf_counter()
         ids, stats = model.generate(batch, max_new_tokens=max_new_tokens, return_step_stats=True, **gen_kwargs)
-        seconds = time.perf_counter() - start
-        text, _ = _decode_text(tokenizer, ids[0].tolist(), eos)
-        return DecodeResult(text=text, tokens=stats.num_tokens[0], forwards=stats.num_forwards[0], seconds=seconds)
+        seconds = (time.perf_counter() - start) / len(examples)
+        return [DecodeResult(text=_decode_text(tokenizer, row, eos)[0], tokens=tokens, forwards=forwards,
+                             seconds=seconds)
+                for row, tokens, forwards in zip(ids.tolist(), stats.num_tokens, stats.num_forwards)]
 
     return decode
 
 
-def evaluate(name: str, decode: Callable[[dict], DecodeResult], examples: list[dict], settings: dict | None = None,
-             progress: bool = True) -> Metrics:
-    """Run ``decode`` over ``examples`` (batch 1) and summarize.
+def chunked(examples: list[dict], batch_size: int) -> list[list[dict]]:
+    """Consecutive chunks of ``batch_size`` examples (the last may be shorter)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    return [examples[i: i + batch_size] for i in range(0, len(examples), batch_size)]
 
-    One untimed call first: the first forward of a process pays one-off set-up costs
-    (allocator, kernel selection) that would otherwise be charged to whichever model runs first.
+
+def evaluate(name: str, decode: Decoder, examples: list[dict], settings: dict | None = None,
+             progress: bool = True, batch_size: int = 16) -> Metrics:
+    """Run ``decode`` over ``examples`` in batches of ``batch_size`` and summarize.
+
+    Batching changes neither the outputs nor the forward counts (both ``generate`` paths
+    decode a batch exactly as its samples alone; tests/toy/test_evaluate.py checks it), only
+    the wall time: tokens/s here is batch-``batch_size`` throughput. Speed ratios come from
+    :func:`timed_speedups` instead. One untimed call first: the first forward of a process
+    pays one-off set-up costs that would otherwise be charged to whichever model runs first.
     """
     if examples:
-        decode(examples[0])
-    results = []
-    for i, example in enumerate(examples):
-        results.append(decode(example))
-        if progress and (i + 1) % max(1, len(examples) // 4) == 0:
-            print(f"[eval {name}] {i + 1}/{len(examples)}", flush=True)
+        decode(examples[:1])
+    chunks = chunked(examples, batch_size)
+    results: list[DecodeResult] = []
+    for i, chunk in enumerate(chunks):
+        results.extend(decode(chunk))
+        if progress and (i + 1) % max(1, len(chunks) // 4) == 0:
+            print(f"[eval {name}] {len(results)}/{len(examples)}", flush=True)
+    settings = {**(settings or {}), "batch_size": batch_size}
     return summarize(name, [e["answer"] for e in examples], results, [e["task"] for e in examples], settings)
+
+
+def timed_speedups(ar: Decoder, bard: Decoder, examples: list[dict], batch_sizes: tuple[int, ...] = (1, 8),
+                   repeats: int = 5) -> dict[str, dict]:
+    """Bard / AR tokens/s, both timed interleaved chunk by chunk over the same prompts.
+
+    Returns ``{"batch_<b>": {"speedup": median_iqr, "ar_tokens_per_s": median_iqr,
+    "bard_tokens_per_s": median_iqr, "prompts", "repeats"}}`` per batch size.
+    """
+    from nemo_automodel_bard.toy.stats import interleaved_timing
+
+    def tokens_of(decode: Decoder) -> Callable[[list[dict]], int]:
+        return lambda chunk: sum(r.tokens for r in decode(chunk))
+
+    ar(examples[:1]), bard(examples[:1])  # untimed warm-up, as in evaluate()
+    out = {}
+    for b in batch_sizes:
+        timing = interleaved_timing({"ar": tokens_of(ar), "bard": tokens_of(bard)}, chunked(examples, b), repeats)
+        out[f"batch_{b}"] = {"speedup": timing["ratio"]["bard"], "ar_tokens_per_s": timing["tokens_per_s"]["ar"],
+                             "bard_tokens_per_s": timing["tokens_per_s"]["bard"], "prompts": len(examples),
+                             "repeats": repeats}
+    return out
 
 
 def load_ar(path: str | Path):
@@ -231,7 +290,7 @@ def run(args: argparse.Namespace) -> dict:
     ar_model, processor = load_ar(args.ar)
     if args.ar:
         results.append(evaluate("AR", ar_decoder(ar_model, processor, args.max_new_tokens), examples,
-                                {"kv_cache": True, "greedy": True}))
+                                {"kv_cache": True, "greedy": True}, batch_size=args.batch_size))
     for spec in args.bard:
         label, _, path = spec.partition("=")
         model = load_bard(path)
@@ -240,7 +299,7 @@ def run(args: argparse.Namespace) -> dict:
             settings = dict(block_size=block, denoising_steps=block, remasking_strategy="low_confidence_dynamic",
                             confidence_threshold=threshold, temperature=0.0)
             decode = bard_decoder(model, processor, args.max_new_tokens, **settings)
-            results.append(evaluate(f"{label}@{threshold}", decode, examples, settings))
+            results.append(evaluate(f"{label}@{threshold}", decode, examples, settings, batch_size=args.batch_size))
     out = {"split": args.split, "samples": len(examples), "results": [asdict(m) for m in results]}
     if args.out:
         out_dir = Path(args.out)
@@ -280,6 +339,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--thresholds", type=_thresholds, default=list(DEFAULT_THRESHOLDS))
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=16, help="samples decoded per generate call")
     parser.add_argument("--out", default=None, help="folder for eval.json and accuracy_vs_throughput.png")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: batch-1 decoding of a tiny model gains nothing from more, "

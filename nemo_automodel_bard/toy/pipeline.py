@@ -9,8 +9,11 @@ Stages (each logged to ``OUT/logs/<stage>.log``, progress echoed):
 2. ``convert`` ``bard convert`` -> the Bard-VL initial checkpoint (B=4);
 3. ``pbm``     ``bard finetune --recipe bard_pbm`` with the packaged ``recipes/toy_pbm.yaml`` (4 -> 8 -> 16 -> 32);
 4. ``swd``     ``bard finetune --recipe bard_swd`` with the packaged ``recipes/toy_swd.yaml`` (B=32 student, B=4 anchor);
-5. ``eval``    the AR model and every Bard checkpoint on the test split, threshold sweep of
-               the SWD model, ``accuracy_vs_throughput.png``, ``summary.json``, a table.
+5. ``eval``    the SWD model's threshold sweep on the val split picks the operating threshold;
+               the AR model and every Bard checkpoint on the test split (the sweep too, for
+               the trade-off plot); the paired-bootstrap interval of the exact-match gap;
+               AR and Bard tokens/s timed interleaved at batch 1 and 8 (``toy/stats.py``);
+               ``accuracy_vs_throughput.png``, ``summary.json``, a table.
 
 ``bard demo [--quick] [--out DIR]``. ``--quick`` shrinks every stage (CI smoke test); its
 numbers mean nothing.
@@ -42,19 +45,27 @@ class Profile:
 
     train: int
     test: int
+    val: int  # picks the operating threshold (never the test split)
     ar_curriculum: str  # train_ar --curriculum (used by --retrain-ar)
     pbm_steps: tuple[int, int, int, int]
     swd_steps: int
     batch_size: int
     thresholds: tuple[float, ...]
     warmup: int
+    eval_batch_size: int = 16  # accuracy passes; outputs equal batch 1 (tests/toy/test_evaluate.py)
+    speed_prompts: int = 16  # test prompts timed for the speed ratios
+    speed_repeats: int = 5  # interleaved passes; medians over these
+    # Also decode the whole threshold sweep on test (the trade-off curve on test). Off by
+    # default: it costs one full test pass per threshold, the largest part of the evaluation.
+    test_sweep: bool = False
 
 
 PROFILES = {
-    "default": Profile(train=4000, test=200, ar_curriculum="default", pbm_steps=(1000, 150, 150, 500), swd_steps=300,
+    "default": Profile(train=4000, test=1000, val=300, ar_curriculum="default", pbm_steps=(1000, 150, 150, 500), swd_steps=300,
                        batch_size=16, thresholds=(0.3, 0.5, 0.7, 0.9, 0.95), warmup=5),
-    "quick": Profile(train=64, test=6, ar_curriculum="read:1-3:1,all:4-8:2", pbm_steps=(2, 2, 2, 2), swd_steps=2,
-                     batch_size=4, thresholds=(0.5, 0.9), warmup=1),
+    "quick": Profile(train=64, test=6, val=6, ar_curriculum="read:1-3:1,all:4-8:2", pbm_steps=(2, 2, 2, 2), swd_steps=2,
+                     batch_size=4, thresholds=(0.5, 0.9), warmup=1, eval_batch_size=4, speed_prompts=6,
+                     speed_repeats=2, test_sweep=True),
 }
 
 
@@ -141,53 +152,129 @@ def stage_swd(out: Path, student: Path, teacher: Path, profile: Profile, kind: s
     return final
 
 
+def _bard_settings(block: int, threshold: float) -> dict:
+    return dict(block_size=block, denoising_steps=block, remasking_strategy="low_confidence_dynamic",
+                confidence_threshold=threshold, temperature=0.0)
+
+
 def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profile, sweep: str) -> dict:
-    """Evaluate AR + every checkpoint (their own block size, threshold 0.9) + the sweep of ``sweep``."""
+    """Evaluate AR + every checkpoint (their own block size, threshold 0.9) + the sweep of ``sweep``.
+
+    The sweep runs on val and :func:`~nemo_automodel_bard.toy.stats.choose_threshold` picks
+    the operating threshold there; test then decodes that threshold (the whole sweep only with
+    ``profile.test_sweep``). The trade-off plot shows the val sweep against AR on val. The
+    speed ratios are timed last, AR against ``sweep`` at the chosen threshold.
+    """
     from nemo_automodel_bard.toy import evaluate as ev
     from nemo_automodel_bard.toy.plot import plot_tradeoff
+    from nemo_automodel_bard.toy.stats import choose_threshold
 
     import torch
 
     torch.set_num_threads(1)  # same reason as `bard eval --threads 1`
-    examples = ev.load_examples(out / "data" / "test.jsonl")
+    test = ev.load_examples(out / "data" / "test.jsonl")
+    val = ev.load_examples(out / "data" / "val.jsonl")
+    bs = profile.eval_batch_size
     ar_model, processor = ev.load_ar(ar)
-    rows = [ev.evaluate("AR", ev.ar_decoder(ar_model, processor, 32), examples, {"kv_cache": True})]
-    del ar_model
+    ar_decode = ev.ar_decoder(ar_model, processor, 32)
+    rows = [ev.evaluate("AR", ar_decode, test, {"kv_cache": True}, batch_size=bs)]
+    val_rows = [asdict(ev.evaluate("AR", ar_decode, val, {"kv_cache": True}, batch_size=bs))]
+    chosen, bard_decode = None, None
     for label, path in checkpoints.items():
         model = ev.load_bard(path)
-        block = int(model.config.block_size) if label != sweep else 32
-        thresholds = profile.thresholds if label == sweep else (0.9,)
-        for threshold in thresholds:
-            settings = dict(block_size=block, denoising_steps=block, remasking_strategy="low_confidence_dynamic",
-                            confidence_threshold=threshold, temperature=0.0)
-            rows.append(ev.evaluate(f"{label}@{threshold}", ev.bard_decoder(model, processor, 32, **settings),
-                                    examples, settings))
+        if label != sweep:
+            settings = _bard_settings(int(model.config.block_size), 0.9)
+            rows.append(ev.evaluate(f"{label}@0.9", ev.bard_decoder(model, processor, 32, **settings), test, settings,
+                                    batch_size=bs))
+            continue
+        for threshold in profile.thresholds:
+            settings = _bard_settings(32, threshold)
+            val_rows.append(asdict(ev.evaluate(f"{label}@{threshold}", ev.bard_decoder(model, processor, 32, **settings),
+                                               val, settings, batch_size=bs)))
+        chosen = choose_threshold(val_rows[1:])
+        for threshold in profile.thresholds if profile.test_sweep else (chosen["threshold"],):
+            settings = _bard_settings(32, threshold)
+            decode = ev.bard_decoder(model, processor, 32, **settings)
+            rows.append(ev.evaluate(f"{label}@{threshold}", decode, test, settings, batch_size=bs))
+            if threshold == chosen["threshold"]:
+                bard_decode = decode
+    speed = None
+    if bard_decode is not None:
+        speed = ev.timed_speedups(ar_decode, bard_decode, test[: profile.speed_prompts], (1, 8), profile.speed_repeats)
     results = [asdict(r) for r in rows]
-    plot_tradeoff([r for r in results if r["name"] == "AR" or r["name"].startswith(sweep + "@")],
-                  out / "accuracy_vs_throughput.png")
-    (out / "eval.json").write_text(json.dumps(results, indent=1))
-    return {"rows": results, "table": ev.format_table(results)}
+    plot_tradeoff(val_rows, out / "accuracy_vs_throughput.png")
+    (out / "eval.json").write_text(json.dumps({"test": results, "val": val_rows, "chosen": chosen, "speed": speed},
+                                              indent=1))
+    return {"rows": results, "val_rows": val_rows, "chosen": chosen, "speed": speed,
+            "table": ev.format_table(results)}
 
 
-def summary_fields(results: list[dict], sweep: str, target_threshold: float = 0.9) -> dict:
-    """The issue's three targets, computed from the evaluation rows."""
+def summary_fields(results: list[dict], sweep: str, chosen: dict | None = None, speed: dict | None = None,
+                   target_threshold: float = 0.9) -> dict:
+    """The issue's targets, from the test rows, the val-chosen threshold and the interleaved timing.
+
+    Args:
+        results: test rows (``Metrics`` dicts; ``hits`` give the paired bootstrap).
+        chosen: :func:`~nemo_automodel_bard.toy.stats.choose_threshold`'s answer on val; without
+            it ``target_threshold`` is used (and ``threshold_chosen_on`` says ``"fixed"``).
+        speed: :func:`~nemo_automodel_bard.toy.evaluate.timed_speedups`'s answer; without it
+            the speedup is the ratio of the rows' own tokens/s (not interleaved).
+    """
+    from nemo_automodel_bard.toy.stats import paired_bootstrap_diff
+
     ar = next(r for r in results if r["name"] == "AR")
-    chosen = next((r for r in results if r["name"] == f"{sweep}@{target_threshold}"), None)
-    if chosen is None:
+    threshold = chosen["threshold"] if chosen else target_threshold
+    bard = next((r for r in results if r["name"] == f"{sweep}@{threshold}"), None)
+    if bard is None:
         return {"ar": ar, "bard": None}
-    return {
+    gap = 100 * (ar["exact_match"] - bard["exact_match"])
+    out = {
         "ar_exact_match": ar["exact_match"],
-        "bard_exact_match": chosen["exact_match"],
-        "bard_setting": chosen["name"],
-        "accuracy_gap_points": 100 * (ar["exact_match"] - chosen["exact_match"]),
-        "bard_tpf": chosen["tpf"],
-        "speedup_tokens_per_s": chosen["tokens_per_s"] / ar["tokens_per_s"] if ar["tokens_per_s"] else 0.0,
-        "targets": {
-            "within_1_point_of_ar": 100 * (ar["exact_match"] - chosen["exact_match"]) <= 1.0,
-            "tpf_at_least_4": chosen["tpf"] >= 4.0,
-            "speedup_at_least_4x": ar["tokens_per_s"] > 0 and chosen["tokens_per_s"] / ar["tokens_per_s"] >= 4.0,
-        },
+        "bard_exact_match": bard["exact_match"],
+        "bard_setting": bard["name"],
+        "threshold": threshold,
+        "threshold_chosen_on": "val" if chosen else "fixed",
+        "threshold_choice": chosen,
+        "accuracy_gap_points": gap,  # AR minus Bard: positive = Bard below AR
+        "bard_tpf": bard["tpf"],
     }
+    if ar.get("hits") and bard.get("hits"):
+        ci = paired_bootstrap_diff(bard["hits"], ar["hits"])  # Bard minus AR, per sample
+        out["bard_minus_ar_points"] = {k: 100 * ci[k] for k in ("diff", "low", "high", "half_width")}
+        out["accuracy_gap_interval_points"] = [-100 * ci["high"], -100 * ci["low"]]
+        out["interval"] = {k: ci[k] for k in ("samples", "resamples", "level")}
+    out["per_type_exact_match"] = {
+        task: {"ar": ar["per_task"][task], "bard": bard["per_task"].get(task),
+               "samples": ar.get("per_task_samples", {}).get(task)}
+        for task in ar.get("per_task", {})
+    }
+    if speed:
+        out["speedup_tokens_per_s"] = {b: v["speedup"]["median"] for b, v in speed.items()}
+        out["speed"] = speed
+        batch1 = out["speedup_tokens_per_s"].get("batch_1", 0.0)
+    else:
+        batch1 = bard["tokens_per_s"] / ar["tokens_per_s"] if ar["tokens_per_s"] else 0.0
+        out["speedup_tokens_per_s"] = batch1
+    out["targets"] = {
+        "within_1_point_of_ar": gap <= 1.0,
+        "tpf_at_least_4": bard["tpf"] >= 4.0,
+        "speedup_at_least_4x": batch1 >= 4.0,
+    }
+    return out
+
+
+def machine_info() -> dict:
+    """CPU model, core and torch thread counts of the evaluation (speed figures depend on them)."""
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpu_model": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(), "python": platform.python_version()}
 
 
 def run_pipeline(out: Path, mode: str, retrain_ar: bool, seed: int = 0, profile: Profile | None = None) -> dict:
@@ -208,7 +295,8 @@ def run_pipeline(out: Path, mode: str, retrain_ar: bool, seed: int = 0, profile:
         _log(f"stage {name} done in {timings[name]:.0f}s")
         return result
 
-    timed("data", generate_splits, out / "data", seed=seed, sizes={"train": profile.train, "test": profile.test})
+    sizes = {"train": profile.train, "val": profile.val, "test": profile.test}
+    timed("data", generate_splits, out / "data", seed=seed, sizes=sizes)
     ar, notes["ar"] = timed("ar", stage_ar, out, profile, retrain_ar, seed)
     init = out / "bard_init"
     if not (init / "config.json").is_file():
@@ -226,16 +314,19 @@ def run_pipeline(out: Path, mode: str, retrain_ar: bool, seed: int = 0, profile:
         "stage_seconds": timings,
         "total_seconds": round(time.time() - start_all, 1),
         "notes": notes,
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine_info(),
         "checkpoints": {k: str(v) for k, v in {"ar": ar, **checkpoints}.items()},
         "results": evaluation["rows"],
-        **summary_fields(evaluation["rows"], "swd_b32"),
+        "val_results": evaluation["val_rows"],
+        **summary_fields(evaluation["rows"], "swd_b32", evaluation["chosen"], evaluation["speed"]),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(evaluation["table"])
     print(json.dumps({k: summary[k] for k in ("stage_seconds", "total_seconds")}))
     if "targets" in summary:
-        print(json.dumps({k: summary[k] for k in ("accuracy_gap_points", "bard_tpf", "speedup_tokens_per_s", "targets")}))
+        print(json.dumps({k: summary.get(k) for k in ("threshold", "threshold_chosen_on", "accuracy_gap_points",
+                                                       "accuracy_gap_interval_points", "bard_tpf",
+                                                       "speedup_tokens_per_s", "targets")}))
     return summary
 
 
@@ -250,10 +341,11 @@ def main(argv: list[str]) -> int:
                         help="steps of the B=4,8,16,32 PBM stages, e.g. 150,60,60,150")
     parser.add_argument("--swd-steps", type=int, default=None)
     parser.add_argument("--test", type=int, default=None, help="test samples to evaluate")
+    parser.add_argument("--val", type=int, default=None, help="val samples the threshold is chosen on")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "default"
-    changes = {k: v for k, v in (("pbm_steps", args.pbm_steps), ("swd_steps", args.swd_steps), ("test", args.test))
-               if v is not None}
+    options = (("pbm_steps", args.pbm_steps), ("swd_steps", args.swd_steps), ("test", args.test), ("val", args.val))
+    changes = {k: v for k, v in options if v is not None}
     if args.pbm_steps is not None and len(args.pbm_steps) != 4:
         parser.error("--pbm-steps needs 4 comma-separated counts (B=4,8,16,32)")
     run_pipeline(Path(args.out), mode, args.retrain_ar, args.seed, replace(PROFILES[mode], **changes))

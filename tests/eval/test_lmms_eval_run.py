@@ -59,7 +59,7 @@ def _answers(results: dict) -> list[str]:
 
 def _bard_eval(decode, toy) -> tuple[list[str], float]:
     examples = bard_eval.load_examples(toy / "data" / "test.jsonl")
-    results = [decode(example) for example in examples]
+    results = [result for example in examples for result in decode([example])]  # batch 1, as bard eval's reference
     metrics = bard_eval.summarize("ref", [e["answer"] for e in examples], results)
     return [r.text for r in results], metrics.exact_match
 

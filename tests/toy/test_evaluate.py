@@ -111,3 +111,46 @@ def test_eval_without_matplotlib_writes_results_and_exits_0(toy_data, tmp_path, 
     assert "matplotlib is not installed; skipped the plot" in capsys.readouterr().err
     with ev.out_lock(out):  # the finished run released its lock
         pass
+
+@pytest.fixture(scope="module")
+def shipped_models(tmp_path_factory):
+    """The shipped AR checkpoint, a Bard-VL converted from it, its processor, and 6 test prompts."""
+    from nemo_automodel_bard.models.bard_vl.convert import convert
+    from nemo_automodel_bard.toy.evaluate import load_ar, load_bard, load_examples
+    from nemo_automodel_bard.toy.pipeline import ASSET_AR
+    from nemo_automodel_bard.toy.task import generate_splits
+
+    root = tmp_path_factory.mktemp("toy_eval")
+    generate_splits(root / "data", seed=0, sizes={"train": 0, "val": 0, "test": 6})
+    ar, processor = load_ar(ASSET_AR)
+    bard_path = convert(ASSET_AR, root / "bard", mask_token_id=7, mask_token="<|mask|>", block_size=4)
+    return ar, load_bard(bard_path), processor, load_examples(root / "data" / "test.jsonl")
+
+
+def test_batched_decoding_equals_batch_1(shipped_models):
+    """evaluate() batches prompts (left-padded); outputs, tokens and forwards must not change."""
+    from nemo_automodel_bard.toy.evaluate import ar_decoder, bard_decoder, evaluate
+
+    ar, bard, processor, examples = shipped_models
+    settings = dict(block_size=4, denoising_steps=4, confidence_threshold=0.5, temperature=0.0)
+    for decode in (ar_decoder(ar, processor, 24), bard_decoder(bard, processor, 24, **settings)):
+        alone = [decode([e])[0] for e in examples]
+        batched = decode(examples)
+        assert [r.text for r in batched] == [r.text for r in alone]
+        assert [(r.tokens, r.forwards) for r in batched] == [(r.tokens, r.forwards) for r in alone]
+        m = evaluate("x", decode, examples, batch_size=4, progress=False)
+        assert m.hits == [int(exact_match(r.text, e["answer"])) for r, e in zip(alone, examples)]
+        assert m.settings["batch_size"] == 4 and m.samples == 6
+
+
+def test_timed_speedups_reports_both_batch_sizes(shipped_models):
+    from nemo_automodel_bard.toy.evaluate import ar_decoder, bard_decoder, timed_speedups
+
+    ar, bard, processor, examples = shipped_models
+    settings = dict(block_size=4, denoising_steps=4, confidence_threshold=0.5, temperature=0.0)
+    out = timed_speedups(ar_decoder(ar, processor, 16), bard_decoder(bard, processor, 16, **settings), examples[:4],
+                         batch_sizes=(1, 2), repeats=2)
+    assert set(out) == {"batch_1", "batch_2"}
+    for entry in out.values():
+        assert len(entry["speedup"]["values"]) == 2 and entry["speedup"]["median"] > 0
+        assert entry["ar_tokens_per_s"]["median"] > 0 and entry["prompts"] == 4

@@ -19,12 +19,37 @@ def _row(name, em, tpf, tps):
 def test_summary_fields_hand_computed():
     rows = [_row("AR", 0.90, 1.0, 10.0), _row("swd_b32@0.5", 0.70, 6.0, 50.0), _row("swd_b32@0.9", 0.895, 4.5, 41.0)]
     out = summary_fields(rows, "swd_b32", target_threshold=0.9)
-    assert out["bard_setting"] == "swd_b32@0.9"
+    assert out["bard_setting"] == "swd_b32@0.9" and out["threshold_chosen_on"] == "fixed"
     assert out["accuracy_gap_points"] == pytest.approx(0.5)
     assert out["speedup_tokens_per_s"] == pytest.approx(4.1)
     assert out["targets"] == {"within_1_point_of_ar": True, "tpf_at_least_4": True, "speedup_at_least_4x": True}
     worse = summary_fields([_row("AR", 0.9, 1.0, 10.0), _row("swd_b32@0.9", 0.85, 3.9, 39.0)], "swd_b32")
     assert worse["targets"] == {"within_1_point_of_ar": False, "tpf_at_least_4": False, "speedup_at_least_4x": False}
+
+
+def _hits_row(name, hits, tpf, per_task):
+    return {**_row(name, sum(hits) / len(hits), tpf, 1.0), "hits": hits, "per_task": per_task,
+            "per_task_samples": {"read": 2, "count": 2}}
+
+
+def test_summary_fields_uses_the_val_threshold_the_paired_interval_and_interleaved_speed():
+    ar = _hits_row("AR", [1, 1, 1, 0], 1.0, {"read": 1.0, "count": 0.5})
+    rows = [ar, _hits_row("swd_b32@0.5", [1, 1, 0, 0], 6.0, {"read": 1.0, "count": 0.0}),
+            _hits_row("swd_b32@0.9", [1, 1, 1, 1], 3.0, {"read": 1.0, "count": 1.0})]
+    chosen = {"threshold": 0.5}
+    speed = {"batch_1": {"speedup": {"median": 3.5}}, "batch_8": {"speedup": {"median": 2.0}}}
+    out = summary_fields(rows, "swd_b32", chosen, speed)
+    # the val choice wins over the better test row at 0.9
+    assert out["bard_setting"] == "swd_b32@0.5" and out["threshold_chosen_on"] == "val"
+    assert out["accuracy_gap_points"] == pytest.approx(25.0)
+    assert out["bard_minus_ar_points"]["diff"] == pytest.approx(-25.0)
+    # differences (Bard - AR) are 0, 0, -1, 0: every resample's mean is one of 0, -1/4, ..., -1
+    low, high = out["accuracy_gap_interval_points"]
+    assert 0.0 <= low <= 25.0 <= high <= 100.0
+    assert out["per_type_exact_match"]["count"] == {"ar": 0.5, "bard": 0.0, "samples": 2}
+    assert out["speedup_tokens_per_s"] == {"batch_1": 3.5, "batch_8": 2.0}
+    assert out["bard_tpf"] == 6.0
+    assert out["targets"] == {"within_1_point_of_ar": False, "tpf_at_least_4": True, "speedup_at_least_4x": False}
 
 
 def test_quick_demo_writes_complete_summary(tmp_path):
@@ -42,6 +67,16 @@ def test_quick_demo_writes_complete_summary(tmp_path):
     for row in summary["results"]:
         assert row["samples"] == 6 and row["forwards"] > 0 and row["tokens"] > 0
     assert (out / "accuracy_vs_throughput.png").stat().st_size > 0
+    # issue 12: threshold from val, paired interval, interleaved speed at batch 1 and 8, the machine
+    assert summary["threshold_chosen_on"] == "val"
+    assert summary["threshold"] in (0.5, 0.9)
+    assert {r["samples"] for r in summary["val_results"]} == {6}
+    low, high = summary["accuracy_gap_interval_points"]
+    assert low <= summary["accuracy_gap_points"] <= high
+    assert set(summary["speedup_tokens_per_s"]) == {"batch_1", "batch_8"}
+    assert all(v > 0 for v in summary["speedup_tokens_per_s"].values())
+    assert summary["bard_tpf"] > 0 and summary["per_type_exact_match"]
+    assert summary["machine"]["cpu_model"] and summary["machine"]["torch_threads"] == 1
 
     # The reported scores are those of the written checkpoints: decode them again here (greedy,
     # deterministic) and compare answer by answer with the references.
