@@ -85,11 +85,11 @@ def test_quick_demo_writes_complete_summary(tmp_path):
     examples = ev.load_examples(out / "data" / "test.jsonl")
     rows = {r["name"]: r for r in summary["results"]}
     ar_model, processor = ev.load_ar(summary["checkpoints"]["ar"])
-    ar_texts = [ev.ar_decoder(ar_model, processor, 32)(e).text for e in examples]
+    ar_texts = [ev.ar_decoder(ar_model, processor, 32)([e])[0].text for e in examples]
     swd = ev.load_bard(summary["checkpoints"]["swd_b32"])
     settings = dict(block_size=32, denoising_steps=32, remasking_strategy="low_confidence_dynamic",
                     confidence_threshold=0.9, temperature=0.0)
-    swd_texts = [ev.bard_decoder(swd, processor, 32, **settings)(e).text for e in examples]
+    swd_texts = [ev.bard_decoder(swd, processor, 32, **settings)([e])[0].text for e in examples]
     for name, texts in (("AR", ar_texts), ("swd_b32@0.9", swd_texts)):
         matches = sum(ev.exact_match(text, e["answer"]) for text, e in zip(texts, examples))
         assert rows[name]["exact_match"] == pytest.approx(matches / len(examples)), name
