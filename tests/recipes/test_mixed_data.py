@@ -67,7 +67,6 @@ def test_pbm_two_ranks_one_seeing_only_text_rows(assets, tmp_path):
     assert all(x["fake_media"] == 1 and math.isfinite(x["loss"]) and x["loss"] > 0 for x in lines), lines
 
 
-@pytest.mark.slow  # the PBM test above keeps world size 2 with mixed data in the default suite
 def test_swd_two_ranks_one_seeing_only_text_rows(assets, tmp_path):
     lines = _run(assets, tmp_path / "swd", "--recipe", "bard_swd", "--config", str(ROOT / "recipes" / "bard_swd_tiny.yaml"))
     assert [x["step"] for x in lines] == [0, 1]
