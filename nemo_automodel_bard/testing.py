@@ -42,6 +42,7 @@ import torch
 from nemo_automodel_bard.models.bard_vl import BardVLConfig, BardVLForConditionalGeneration
 
 __all__ = [
+    "vision_sample",
     "TINY_IDS",
     "tiny_config",
     "tiny_model",
@@ -205,6 +206,21 @@ def tiny_image(seed: int = 0, size: int = 16):
     pixels = torch.randint(0, 256, (size, size, 3), generator=gen, dtype=torch.uint8)
     return Image.fromarray(pixels.numpy())
 
+
+
+def vision_sample(processor: Any, text: str, response: str, seed: int) -> dict[str, Any]:
+    """One image + ``text`` prompt and its ``response`` as the per-sample dict the layout takes."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    enc = processor(text=[prompt], images=[tiny_image(seed)], return_tensors="pt")
+    ids = enc["input_ids"][0]
+    return {
+        "prompt_ids": ids,
+        "response_ids": torch.tensor(processor.tokenizer(response, add_special_tokens=False)["input_ids"]),
+        "mm_token_type_ids": (ids == TINY_IDS["image"]).long(),
+        "pixel_values": enc["pixel_values"],
+        "image_grid_thw": enc["image_grid_thw"],
+    }
 
 def chat_batch(processor, prompts: list[str], images: list | None = None):
     """Left-padded processor output for one user turn per sample (generation prompt added)."""

@@ -15,7 +15,7 @@ from nemo_automodel_bard.diffusion.layout import (
     layout_position_ids,
     pack_samples,
 )
-from nemo_automodel_bard.testing import TINY_IDS, tiny_image, tiny_model, tiny_processor
+from nemo_automodel_bard.testing import TINY_IDS, tiny_model, tiny_processor, vision_sample
 
 PAD_ID = TINY_IDS["eos"]
 
@@ -112,18 +112,6 @@ def processor():
     return tiny_processor()
 
 
-def _vision_sample(processor, text, response, seed):
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    enc = processor(text=[prompt], images=[tiny_image(seed)], return_tensors="pt")
-    ids = enc["input_ids"][0]
-    return {
-        "prompt_ids": ids,
-        "response_ids": torch.tensor(processor.tokenizer(response, add_special_tokens=False)["input_ids"]),
-        "mm_token_type_ids": (ids == TINY_IDS["image"]).long(),
-        "pixel_values": enc["pixel_values"],
-        "image_grid_thw": enc["image_grid_thw"],
-    }
 
 
 def _inputs(model, batch, block_size=4):
@@ -138,7 +126,7 @@ def _inputs(model, batch, block_size=4):
 
 def test_noisy_positions_reuse_clean_positions_and_restart_per_sample(processor):
     model = tiny_model()
-    samples = [_vision_sample(processor, "hi there", "an answer", 0), _vision_sample(processor, "what?", "ok", 1)]
+    samples = [vision_sample(processor, "hi there", "an answer", 0), vision_sample(processor, "what?", "ok", 1)]
     packed = collate_layout(samples, block_size=4, pad_token_id=PAD_ID, pack_size=256)
     pos = layout_position_ids(packed, model.rope_positions)
     for s, (row, start, p, r) in enumerate(packed["samples"].tolist()):
@@ -152,7 +140,7 @@ def test_noisy_positions_reuse_clean_positions_and_restart_per_sample(processor)
 @torch.no_grad()
 def test_perturbing_noisy_tokens_leaves_clean_logits_unchanged(processor):
     model = tiny_model()
-    samples = [_vision_sample(processor, "describe", "a small red box", 0), _vision_sample(processor, "q", "yes", 1)]
+    samples = [vision_sample(processor, "describe", "a small red box", 0), vision_sample(processor, "q", "yes", 1)]
     batch = collate_layout(samples, block_size=4, pad_token_id=PAD_ID, pack_size=256)
     base = model(**_inputs(model, batch)).logits
     perturbed = dict(batch)
@@ -167,7 +155,7 @@ def test_perturbing_noisy_tokens_leaves_clean_logits_unchanged(processor):
 @torch.no_grad()
 def test_packed_sample_logits_equal_the_sample_alone(processor):
     model = tiny_model()
-    samples = [_vision_sample(processor, "first question", "answer one", 2), _vision_sample(processor, "b", "two!", 3)]
+    samples = [vision_sample(processor, "first question", "answer one", 2), vision_sample(processor, "b", "two!", 3)]
     packed = collate_layout(samples, block_size=4, pad_token_id=PAD_ID, pack_size=512)
     alone = collate_layout(samples, block_size=4, pad_token_id=PAD_ID)  # one per row, right-padded
     assert packed["input_ids"].shape[0] == 1 and alone["input_ids"].shape[0] == 2

@@ -9,21 +9,9 @@ from torch.nn.attention.flex_attention import BlockMask
 
 from nemo_automodel_bard.diffusion.flex_masks import layout_mask, uncompiled_flex_attention
 from nemo_automodel_bard.diffusion.layout import collate_layout, layout_position_ids
-from nemo_automodel_bard.testing import TINY_IDS, tiny_image, tiny_model, tiny_processor
+from nemo_automodel_bard.testing import TINY_IDS, tiny_model, tiny_processor, vision_sample
 
 
-def _vision_sample(processor, text, response, seed):
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    enc = processor(text=[prompt], images=[tiny_image(seed)], return_tensors="pt")
-    ids = enc["input_ids"][0]
-    return {
-        "prompt_ids": ids,
-        "response_ids": torch.tensor(processor.tokenizer(response, add_special_tokens=False)["input_ids"]),
-        "mm_token_type_ids": (ids == TINY_IDS["image"]).long(),
-        "pixel_values": enc["pixel_values"],
-        "image_grid_thw": enc["image_grid_thw"],
-    }
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +20,7 @@ def packed():
     processor = tiny_processor()
     texts = [("what is it", "a red square"), ("colour?", "blue"), ("describe the picture", "green on top, red below"),
              ("and this one", "a large yellow circle in the middle of it")]
-    samples = [_vision_sample(processor, t, r, seed) for seed, (t, r) in enumerate(texts)]
+    samples = [vision_sample(processor, t, r, seed) for seed, (t, r) in enumerate(texts)]
     batch = collate_layout(samples, block_size=4, pad_token_id=TINY_IDS["eos"], pack_size=150, pad_to_multiple_of=64)
     assert batch["input_ids"].shape[0] >= 2 and int(batch["doc"].max()) >= 1
     assert bool((batch["segment"] == -1).any()), "want padding"

@@ -14,7 +14,7 @@ from nemo_automodel_bard.diffusion.layout import apply_noise, collate_layout
 from nemo_automodel_bard.recipes.block_diffusion import prepare_config, resolve_attention, use_text_attention
 from nemo_automodel_bard.recipes.config_check import BardSettings
 from nemo_automodel_bard.recipes.swd import BardSWDRecipe
-from nemo_automodel_bard.testing import TINY_IDS, tiny_image, tiny_model, tiny_processor
+from nemo_automodel_bard.testing import TINY_IDS, tiny_model, tiny_processor, vision_sample
 
 STUDENT_B, ANCHOR_B = 8, 4
 
@@ -51,25 +51,13 @@ def test_use_text_attention_needs_a_bard_model():
         use_text_attention(torch.nn.Linear(2, 2), "flex")
 
 
-def _vision_sample(processor, text, response, seed):
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
-    prompt = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    enc = processor(text=[prompt], images=[tiny_image(seed)], return_tensors="pt")
-    ids = enc["input_ids"][0]
-    return {
-        "prompt_ids": ids,
-        "response_ids": torch.tensor(processor.tokenizer(response, add_special_tokens=False)["input_ids"]),
-        "mm_token_type_ids": (ids == TINY_IDS["image"]).long(),
-        "pixel_values": enc["pixel_values"],
-        "image_grid_thw": enc["image_grid_thw"],
-    }
 
 
 @pytest.fixture(scope="module")
 def batch():
     processor = tiny_processor()
     texts = [("what is it", "a red square on a blue field"), ("colour?", "blue"), ("and this", "green then red")]
-    samples = [_vision_sample(processor, t, r, seed) for seed, (t, r) in enumerate(texts)]
+    samples = [vision_sample(processor, t, r, seed) for seed, (t, r) in enumerate(texts)]
     packed = collate_layout(samples, block_size=STUDENT_B, pad_token_id=TINY_IDS["eos"], pack_size=400,
                             pad_to_multiple_of=64)
     assert int(packed["doc"].max()) >= 1 and bool((packed["segment"] == -1).any())
