@@ -307,7 +307,7 @@ def run(args: argparse.Namespace) -> dict:
         (out_dir / "eval.json").write_text(json.dumps(out, indent=1))
         from nemo_automodel_bard.toy.plot import plot_tradeoff
 
-        plot_tradeoff(out["results"], out_dir / "accuracy_vs_throughput.png")
+        plot_tradeoff(out["results"], out_dir / "accuracy_vs_throughput.png", split=args.split)
     return out
 
 

@@ -202,7 +202,7 @@ def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profi
     if bard_decode is not None:
         speed = ev.timed_speedups(ar_decode, bard_decode, test[: profile.speed_prompts], (1, 8), profile.speed_repeats)
     results = [asdict(r) for r in rows]
-    plot_tradeoff(val_rows, out / "accuracy_vs_throughput.png")
+    plot_tradeoff(val_rows, out / "accuracy_vs_throughput.png", split="val")
     (out / "eval.json").write_text(json.dumps({"test": results, "val": val_rows, "chosen": chosen, "speed": speed},
                                               indent=1))
     return {"rows": results, "val_rows": val_rows, "chosen": chosen, "speed": speed,

@@ -9,8 +9,10 @@ from pathlib import Path
 __all__ = ["plot_tradeoff"]
 
 
-def plot_tradeoff(results: list[dict], path: str | Path) -> Path | None:
-    """Plot metric dicts (``name`` ``LABEL@THRESHOLD`` or ``AR``); the AR point is a star.
+def plot_tradeoff(results: list[dict], path: str | Path, split: str = "test") -> Path | None:
+    """Plot metric dicts (``name`` ``LABEL@THRESHOLD`` or ``AR``) of ``split``; the AR point is a star.
+
+    The x axis names the decoding batch size the rows were measured at (their ``settings``).
 
     Without matplotlib (it is only in the ``dev`` extra) the plot is skipped with a warning
     and None is returned: the numbers (eval.json, the table) are the result, the plot a view.
@@ -40,8 +42,8 @@ def plot_tradeoff(results: list[dict], path: str | Path) -> Path | None:
         for r, x, y in zip(rows, xs, ys):
             ax.annotate(f"{r['settings'].get('confidence_threshold', '')}", (x, y), fontsize=7,
                         textcoords="offset points", xytext=(3, 3))
-    ax.set_xlabel("decode tokens/s (batch 1, CPU)")
-    ax.set_ylabel("exact match on test (%)")
+    ax.set_xlabel(f"decode tokens/s ({_batch_label(results)}, CPU)")
+    ax.set_ylabel(f"exact match on {split} (%)")
     ax.set_title("toy task: accuracy vs throughput (labels: confidence threshold)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -50,3 +52,8 @@ def plot_tradeoff(results: list[dict], path: str | Path) -> Path | None:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def _batch_label(results: list[dict]) -> str:
+    sizes = sorted({(r.get("settings") or {}).get("batch_size", 1) for r in results})
+    return f"batch {sizes[0]}" if len(sizes) == 1 else "batch " + "/".join(map(str, sizes))
