@@ -39,7 +39,15 @@ from typing import Any, Literal
 
 import torch
 
-from nemo_automodel_bard.data.chat import BadSampleError, ChatRow, check_row, load_image, load_video, read_rows
+from nemo_automodel_bard.data.chat import (
+    BadSampleError,
+    ChatRow,
+    check_row,
+    load_image,
+    load_video,
+    read_rows,
+    video_processor_kwargs,
+)
 
 __all__ = ["BardChatDataset", "build_chat_dataset", "BadSampleError"]
 
@@ -186,13 +194,8 @@ class BardChatDataset(torch.utils.data.Dataset):
             for item in _media_items(prompt, "video")
         ]
         prompt_text, reply = self._render(prompt, response, row.source)
-        kwargs = {}
-        if videos:
-            # qwen-vl-utils already sampled and resized the frames; the metadata gives the timestamps.
-            kwargs["videos"] = [frames for frames, _ in videos]
-            kwargs["videos_kwargs"] = {"video_metadata": [meta for _, meta in videos], "do_sample_frames": False,
-                                       "do_resize": False}
-        encoded = self.processor(text=[prompt_text], images=images or None, return_tensors="pt", **kwargs)
+        encoded = self.processor(text=[prompt_text], images=images or None, return_tensors="pt",
+                                 **video_processor_kwargs(videos))
         prompt_ids = encoded["input_ids"][0]
         response_ids = torch.tensor(
             self.processor.tokenizer(reply, add_special_tokens=False)["input_ids"], dtype=torch.long

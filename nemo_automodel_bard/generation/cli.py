@@ -95,9 +95,9 @@ def build_batch(processor, prompt: str, images: list, system_prompt: str = SYSTE
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _check_arguments(args: argparse.Namespace) -> dict | None:
-    """Model-free checks; returns the local config.json (None for a Hub id)."""
-    check_decode_arguments(
+def _decode_options(args: argparse.Namespace) -> dict:
+    """The decoding options: checked before the weights load, then passed to ``generate``."""
+    return dict(
         max_new_tokens=args.max_new_tokens,
         block_size=args.block_size,
         denoising_steps=args.denoising_steps,
@@ -107,6 +107,11 @@ def _check_arguments(args: argparse.Namespace) -> dict | None:
         remasking_strategy=args.remasking_strategy,
         confidence_threshold=args.confidence_threshold,
     )
+
+
+def _check_arguments(args: argparse.Namespace) -> dict | None:
+    """Model-free checks; returns the local config.json (None for a Hub id)."""
+    check_decode_arguments(**_decode_options(args))
     try:
         device = torch.device(args.device)
     except RuntimeError:
@@ -200,14 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ids, stats = model.generate(
             batch,
-            max_new_tokens=args.max_new_tokens,
-            block_size=args.block_size,
-            denoising_steps=args.denoising_steps,
-            temperature=args.temperature,
-            top_k=args.top_k,
-            top_p=args.top_p,
-            remasking_strategy=args.remasking_strategy,
-            confidence_threshold=args.confidence_threshold,
+            **_decode_options(args),
             return_step_stats=True,
             generator=torch.Generator(device=args.device).manual_seed(args.seed),
             streamer=streamer,
