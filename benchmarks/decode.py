@@ -283,7 +283,7 @@ def run(args) -> dict:
     }
     for n in args.batch:
         _progress(f"batch {n}: forward cost")
-        result["forward"][n] = forward_costs(bard, ar, n, args.prompt_len, args.context, args.reps, device)
+        result["forward"][n] = forward_costs(bard, ar, n, args.prompt_len, args.context, args.forward_reps, device)
         batch = prompt_batch(n, args.prompt_len, vocab, device)
         _progress(f"batch {n}: throughput at {args.tokens} tokens")
         result["throughput"][n] = throughput(bard, ar, batch, args.tokens, args.tpf, args.reps, device, args.compiled_ar)
@@ -298,7 +298,8 @@ def run(args) -> dict:
 def print_table(r: dict) -> None:
     m = r["machine"]
     print(f"\n== decode benchmark: size={r['args']['size']}, {m['device']} {m['gpu'] or ''} {m['dtype']}, "
-          f"{m['threads']} thread(s), prompt {r['args']['prompt_len']}, reps {r['args']['reps']} (interleaved medians)")
+          f"{m['threads']} thread(s), prompt {r['args']['prompt_len']}, reps {r['args']['reps']} "
+          f"(forwards {r['args']['forward_reps']}; interleaved medians)")
     for n, f in r["forward"].items():
         ms, ratio = f["ms"], f["ratios"]
         print(f"batch {n}: AR token forward {ms['ar_token']:.2f} ms (cache {f['cached_tokens']})")
@@ -332,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--context", type=int, default=64, help="committed tokens in the cache for the forward cost")
     p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--forward-reps", type=int, default=None,
+                   help="repetitions of the single-forward timings (cheap; default 15, --quick 5)")
     p.add_argument("--tokens", type=int, default=None, help="response length of the throughput runs")
     p.add_argument("--tpf", type=int, nargs="+", default=[1, 2, 4, 8], help="forced tokens per forward (divide 32)")
     p.add_argument("--lengths", type=int, nargs="*", default=None)
@@ -341,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     args.batch = args.batch or ([1, 8] if args.quick else [1, 8, 32])
     args.reps = args.reps or (3 if args.quick else 5)
+    args.forward_reps = args.forward_reps or (5 if args.quick else 15)
     args.tokens = args.tokens or (64 if args.quick else 256)
     if args.lengths is None:
         args.lengths = [64, 256] if args.quick else [64, 256, 1024]

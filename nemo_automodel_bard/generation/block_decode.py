@@ -16,7 +16,9 @@ exactly ``denoising_steps`` forwards and the host reads one small tensor per blo
 finished, plus the block's tokens when streaming); ``low_confidence_dynamic`` finishes a block
 after a data-dependent number of steps, so it also reads one flag per step (whether any row
 still has a masked output position). Rows that finished take no commits; in eager mode they
-are dropped from the batch (and the cache) at the block boundary.
+are dropped from the batch (and the cache) at the block boundary. Per block the record keeps
+the block's tokens (and, with ``return_step_stats``, each position's commit step); lengths and
+statistics are derived once at the end (``record.DecodeRecord``).
 
 Masks come from ``diffusion.masks.block_diffusion_mask`` over the whole layout. Prompt block
 ids count from each sample's first real token and positions come from ``get_rope_index`` with
@@ -58,8 +60,10 @@ class _Rows:
     segment: torch.Tensor  # [N, T] PAD / PREFIX / CLEAN (response tokens CLEAN; current block set NOISY per forward)
     block: torch.Tensor  # [N, T] block ids
     alive: torch.Tensor  # [N] bool, not finished
+    dropped: bool = False  # rows were dropped: physical row i is no longer sample i
 
     def select(self, keep: torch.Tensor) -> None:
+        self.dropped = True
         self.sample, self.tokens, self.segment, self.block, self.alive = (
             t[keep] for t in (self.sample, self.tokens, self.segment, self.block, self.alive)
         )
@@ -135,7 +139,7 @@ def block_generate(
     if streamer is not None and not hasattr(streamer, "put") and not callable(streamer):
         raise ValueError("streamer must have put()/end() (transformers streamer) or be callable")
     with torch.no_grad():
-        output, stats = _decode(model, inputs, opts, generator, streamer, use_cache, compiled)
+        output, stats = _decode(model, inputs, opts, generator, streamer, use_cache, compiled, return_step_stats)
     return (output, stats) if return_step_stats else output
 
 
@@ -172,7 +176,7 @@ def _initial_rows(model, inputs: dict, opts: DecodeOptions) -> tuple[_Rows, int]
     return rows, prompt_width
 
 
-def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, compiled):
+def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, compiled, with_stats: bool):
     rows, prompt_width = _initial_rows(model, inputs, opts)
     n, device = rows.tokens.shape[0], rows.tokens.device
     B, mask_id = opts.block_size, opts.mask_token_id
@@ -182,7 +186,7 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
     banned = torch.tensor(opts.banned_token_ids, dtype=torch.long, device=device)
     eos = torch.tensor(opts.eos_token_ids, device=device)
     forward = BlockForward(model, rows, inputs, opts, prompt_width + n_blocks * B, use_cache, compiled)
-    record = DecodeRecord(n, n_blocks, B, len(schedule) + 1, opts.eos_token_ids[0], device)
+    record = DecodeRecord(n, n_blocks, B, len(schedule) + 1, opts.max_new_tokens, eos, with_stats)
     batch_forwards = 0
     pruned = use_cache and compiled is None  # finished rows leave the batch at block ends
     if streamer is not None and hasattr(streamer, "put"):  # like HF generate: the prompt first
@@ -191,7 +195,8 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
     for b in range(n_blocks):
         start_b, end = prompt_width + b * B, prompt_width + (b + 1) * B
         limit = min(B, opts.max_new_tokens - b * B)
-        commit_step = torch.full((rows.tokens.shape[0], B), -1, dtype=torch.long, device=device)
+        # The step each position was committed at (statistics only; -1 = not yet).
+        commit_step = torch.full((rows.tokens.shape[0], B), -1, dtype=torch.long, device=device) if with_stats else None
         step = 0
         block = rows.tokens[:, start_b:end]  # a view: commits below write rows.tokens in place
         live = None if pruned else rows.alive[:, None]  # eager drops finished rows: all alive
@@ -215,16 +220,17 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
             commit = select_commits(
                 confidence, masked, k_step, strategy=opts.remasking_strategy, threshold=opts.confidence_threshold
             )
-            block.copy_(torch.where(commit, proposal, block))
-            commit_step.masked_fill_(commit, step)
+            torch.where(commit, proposal, block, out=block)  # in place: block is a view of rows.tokens
+            if commit_step is not None:
+                commit_step.masked_fill_(commit, step)
             step += 1
-        alive_before = rows.alive.clone()
-        block_tokens = block
-        steps = _row_steps(commit_step, _output_positions(block, eos, limit))
-        kept, has_eos = block_kept_length(block_tokens, eos, limit)
-        record.add_block(b, rows.sample, alive_before, block_tokens, kept, steps, commit_step)
-        rows.alive &= ~has_eos if (b + 1) * B < opts.max_new_tokens else torch.zeros_like(has_eos)
-        alive = _end_of_block(streamer, b, n, rows.sample, alive_before, block_tokens, kept, rows.alive)
+        record.add_block(b, rows.sample if rows.dropped else None, rows.alive, block, commit_step)
+        alive_before = rows.alive.clone() if streamer is not None else None
+        if (b + 1) * B < opts.max_new_tokens:
+            rows.alive &= ~_is_eos(block, eos, limit).any(-1)
+        else:
+            rows.alive.zero_()
+        alive = _end_of_block(streamer, b, n, rows.sample, alive_before, block, eos, limit, rows.alive)
         if not any(alive):
             break
         if pruned and not all(alive):  # drop finished rows (eager shapes)
@@ -237,11 +243,12 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
     return record.finish(batch_forwards)
 
 
-def _end_of_block(streamer, b, n, sample, alive_before, block_tokens, kept, alive) -> list[bool]:
+def _end_of_block(streamer, b, n, sample, alive_before, block_tokens, eos, limit, alive) -> list[bool]:
     """The block's one device-to-host copy: which rows still decode (and, when streaming, the
     block's kept tokens, handed to the streamer)."""
     if streamer is None:
         return alive.tolist()
+    kept, _ = block_kept_length(block_tokens, eos, limit)
     host = torch.cat([alive[:, None], alive_before[:, None], sample[:, None], kept[:, None], block_tokens], 1).tolist()
     new_tokens = {row[2]: row[4 : 4 + row[3]] for row in host if row[1]}
     if hasattr(streamer, "put"):
@@ -260,21 +267,19 @@ def _output_positions(block_tokens: torch.Tensor, eos: torch.Tensor, limit: int)
     the response is final: denoising the rest of the block would only cost forwards (short
     answers in large blocks), and the output stays identical.
     """
-    is_eos = block_tokens == eos[0] if eos.numel() == 1 else torch.isin(block_tokens, eos)
+    is_eos = _is_eos(block_tokens, eos, block_tokens.shape[1])
     keep = is_eos.cumsum(-1) <= is_eos  # no EOS strictly before the position
     if limit < block_tokens.shape[1]:
         keep[:, limit:] = False
     return keep
 
 
-def _row_steps(commit_step: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-    """``[N]`` steps each row needed: until its output positions were all committed.
-
-    A row works at a step while one of its output positions is masked; that stays true until
-    the step that commits the last of them (commits are final, and an EOS only ever moves
-    earlier), so the count is that step + 1, read once at the end of the block.
-    """
-    return commit_step.masked_fill(~output, -1).amax(-1) + 1
+def _is_eos(block_tokens: torch.Tensor, eos: torch.Tensor, limit: int) -> torch.Tensor:
+    """``[N, B]`` bool: EOS ids among the block's first ``limit`` positions."""
+    is_eos = block_tokens == eos[0] if eos.numel() == 1 else torch.isin(block_tokens, eos)
+    if limit < block_tokens.shape[1]:
+        is_eos[:, limit:] = False
+    return is_eos
 
 
 def _query_start(b: int, step: int, start_b: int, block_size: int) -> int:

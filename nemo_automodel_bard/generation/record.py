@@ -1,7 +1,9 @@
-"""Device-side record of a ``generate``: kept tokens and per-sample step statistics.
+"""Device-side record of a ``generate``: committed tokens and commit steps, per sample.
 
-Every block's results are written into preallocated tensors indexed by sample (rows may be
-dropped as they finish), so nothing leaves the device until :meth:`DecodeRecord.finish`.
+Each block costs the decoder three in-place writes (tokens, the step each position was
+committed at, whether the sample decoded the block); output lengths, EOS truncation and the
+per-sample step statistics are derived once, in :meth:`DecodeRecord.finish`, so nothing
+leaves the device until then and the per-block work stays a few small ops.
 """
 
 from __future__ import annotations
@@ -28,50 +30,76 @@ class DecodeRecord:
 
     Args:
         max_steps: upper bound on a block's denoising steps (columns of the per-forward counts).
-        pad_id: id written after a sample's end (its first EOS id).
+        max_new_tokens: the response budget (the last block may be decoded past it).
+        eos: ``[K]`` EOS ids; the output ends after the first one. The first is also the pad
+            id written after a sample's end.
     """
 
-    def __init__(self, n: int, n_blocks: int, block_size: int, max_steps: int, pad_id: int, device) -> None:
-        self.block_size, self.pad_id = block_size, pad_id
-        self.tokens = torch.full((n, n_blocks * block_size), pad_id, dtype=torch.long, device=device)
-        self.length = torch.zeros(n, dtype=torch.long, device=device)
+    def __init__(
+        self,
+        n: int,
+        n_blocks: int,
+        block_size: int,
+        max_steps: int,
+        max_new_tokens: int,
+        eos: torch.Tensor,
+        with_stats: bool = True,
+    ) -> None:
+        device = eos.device
+        self.block_size, self.max_steps, self.max_new_tokens, self.eos = block_size, max_steps, max_new_tokens, eos
+        self.tokens = torch.zeros(n, n_blocks * block_size, dtype=torch.long, device=device)
         self.decoded = torch.zeros(n, n_blocks, dtype=torch.bool, device=device)
-        self.block_steps = torch.zeros(n, n_blocks, dtype=torch.long, device=device)
-        self.per_forward = torch.zeros(n, n_blocks, max_steps, dtype=torch.long, device=device)
+        self.commit_step = (
+            torch.full((n, n_blocks, block_size), -1, dtype=torch.long, device=device) if with_stats else None
+        )
 
     def add_block(
         self,
         b: int,
-        sample: torch.Tensor,
+        sample: torch.Tensor | None,
         alive: torch.Tensor,
         block_tokens: torch.Tensor,
-        kept: torch.Tensor,
-        steps: torch.Tensor,
-        commit_step: torch.Tensor,
+        commit_step: torch.Tensor | None,
     ) -> None:
-        """Record block ``b`` of the rows (``sample [N]`` their batch index; rows with ``alive``
-        False had finished before this block and record nothing)."""
-        B = self.block_size
-        index = torch.arange(B, device=block_tokens.device)
-        keep = alive[:, None] & (index < kept[:, None])
-        self.tokens[sample, b * B : (b + 1) * B] = torch.where(keep, block_tokens, self.pad_id)
-        self.length.index_add_(0, sample, torch.where(alive, kept, 0))
+        """Record block ``b`` of the rows: ``sample [N]`` their batch index (None: row i is
+        sample i); rows with ``alive`` False had finished before this block and record nothing;
+        ``commit_step [N, B]`` is needed only when the record keeps statistics."""
+        columns = slice(b * self.block_size, (b + 1) * self.block_size)
+        if sample is None:
+            self.tokens[:, columns].copy_(block_tokens)
+            self.decoded[:, b].copy_(alive)
+            if self.commit_step is not None:
+                self.commit_step[:, b].copy_(commit_step)
+            return
+        self.tokens[sample, columns] = block_tokens
         self.decoded[sample, b] = alive
-        self.block_steps[sample, b] = torch.where(alive, steps, 0)
-        step_ids = torch.arange(self.per_forward.shape[-1], device=block_tokens.device)
-        # Tokens each step committed among the kept positions (a commit step of -1 matches none).
-        counts = ((commit_step[:, :, None] == step_ids) & keep[:, :, None]).sum(1)
-        self.per_forward[sample, b] = counts
+        if self.commit_step is not None:
+            self.commit_step[sample, b] = commit_step
 
-    def finish(self, batch_forwards: int) -> tuple[torch.Tensor, StepStats]:
-        """``(ids [n, max length], StepStats)``; the only device-to-host copies of the record."""
-        lengths = self.length.tolist()
-        decoded, block_steps, per_forward = self.decoded.tolist(), self.block_steps.tolist(), self.per_forward.tolist()
+    def finish(self, batch_forwards: int) -> tuple[torch.Tensor, StepStats | None]:
+        """``(ids [n, max length], StepStats or None)``; the only device-to-host copies of the record."""
+        n, n_blocks = self.decoded.shape
+        B = self.block_size
+        index = torch.arange(n_blocks * B, device=self.tokens.device)
+        # Decoded blocks are a prefix of each row; the output ends at the budget or the first EOS.
+        valid = self.decoded.repeat_interleave(B, dim=1) & (index < self.max_new_tokens)
+        is_eos = torch.isin(self.tokens, self.eos) & valid
+        has_eos = is_eos.any(-1)
+        length = torch.where(has_eos, is_eos.int().argmax(-1) + 1, valid.sum(-1))
+        keep = index < length[:, None]
+        tokens = torch.where(keep, self.tokens, self.eos[0])
+        if self.commit_step is None:
+            return tokens[:, : int(length.max())], None
+        # A block's steps: until its last kept position was committed (commits are final).
+        kept_step = self.commit_step.masked_fill(~keep.view(n, n_blocks, B), -1)
+        block_steps = kept_step.amax(-1) + 1
+        step_ids = torch.arange(self.max_steps, device=self.tokens.device)
+        per_forward = (kept_step[..., None] == step_ids).sum(2)  # [n, n_blocks, max_steps]
+        lengths = length.tolist()
+        decoded, steps, counts = self.decoded.tolist(), block_steps.tolist(), per_forward.tolist()
         stats = StepStats(batch_forwards=batch_forwards)
-        for s in range(len(lengths)):
+        for s in range(n):
             blocks = [b for b, done in enumerate(decoded[s]) if done]
-            stats.block_steps.append([block_steps[s][b] for b in blocks])
-            stats.tokens_per_forward.append(
-                [count for b in blocks for count in per_forward[s][b][: block_steps[s][b]]]
-            )
-        return self.tokens[:, : max(lengths)], stats
+            stats.block_steps.append([steps[s][b] for b in blocks])
+            stats.tokens_per_forward.append([c for b in blocks for c in counts[s][b][: steps[s][b]]])
+        return tokens[:, : max(lengths, default=0)], stats

@@ -102,6 +102,6 @@ def select_commits(
         return static
     if strategy != "low_confidence_dynamic":
         raise ValueError(f"remasking_strategy must be one of {REMASKING_STRATEGIES}, got {strategy!r}")
-    confident = masked & (confidence > threshold)
+    confident = scores > threshold  # only masked positions (the rest are -inf)
     enough = confident.sum(-1) >= k_step
     return torch.where(enough[:, None], confident, static)
