@@ -374,3 +374,12 @@ def test_unpadded_fast_mask_equals_layout_mask(model, processor):
         assert torch.equal(forward._mask(start, end, end), expected)
         padded = forward._mask(start, end, P + 12)
         assert torch.equal(padded[..., :end], expected) and not padded[..., end:].any()
+
+
+@pytest.mark.parametrize("strategy", ["low_confidence_static", "low_confidence_dynamic"])
+def test_output_without_stats_equals_output_with_stats(model, batch, strategy):
+    """Commit steps are only recorded for the statistics; the tokens do not depend on it."""
+    kw = dict(max_new_tokens=10, block_size=4, denoising_steps=4, eos_token_id=TINY_IDS["eos"],
+              remasking_strategy=strategy)
+    with_stats, _ = block_generate(model, batch, return_step_stats=True, **kw)
+    assert torch.equal(block_generate(model, batch, **kw), with_stats)
