@@ -344,9 +344,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _processor_only_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
-    others = [f"--{dest.replace('_', '-')}" for dest in ("source", "target", "mask_token_id", "mask_token",
-                                                         "block_size", "prompt_attention", "overwrite")
-              if getattr(args, dest) != parser.get_default(dest)]
+    others = [action.option_strings[0] for action in parser._actions
+              if action.dest not in ("help", "processor_only") and getattr(args, action.dest) != action.default]
     if others:
         parser.error(f"--processor-only DIR changes DIR in place and takes no other option (got {', '.join(others)})")
     try:
