@@ -131,3 +131,17 @@ def test_hub_id_warns_only_from_files_already_in_the_cache(released, tmp_path, m
     assert "hf download someone/bard-vl-tiny --local-dir DIR" in message and "--processor-only DIR" in message
     rename_stock_processor(snapshot)
     assert not warn_if_stock_processor("someone/bard-vl-tiny")
+
+
+def test_rename_replaces_a_symlinked_file_and_leaves_its_target_alone(released, tmp_path):
+    """HF cache snapshots link to shared blobs: the blob must not change."""
+    model_dir = _copy(released, tmp_path / "ckpt")
+    name = "tokenizer_config.json"
+    blob = tmp_path / "blob"
+    blob.write_bytes((model_dir / name).read_bytes())
+    (model_dir / name).unlink()
+    (model_dir / name).symlink_to(blob)
+    assert model_dir / name in rename_stock_processor(model_dir)
+    assert not (model_dir / name).is_symlink()
+    assert blob.read_bytes() == (released / name).read_bytes()
+    assert (model_dir / name).read_bytes() == blob.read_bytes().replace(b'"Qwen3VLProcessor"', b'"BardVLProcessor"')
