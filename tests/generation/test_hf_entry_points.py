@@ -198,10 +198,12 @@ def test_bard_card_snippet_on_a_released_checkpoint_after_the_one_time_fix(tmp_p
 
     model_id = str(save_tiny_released_checkpoint(tmp_path / "released", legacy_files=legacy_files))
     content = [{"type": "image", "image": image_path}, {"type": "text", "text": "Please describe this image"}]
-    warned = lambda: [r.getMessage() for r in caplog.records if "--processor-only" in r.getMessage()]  # noqa: E731
-    with caplog.at_level(logging.WARNING):
-        with pytest.raises(StrictDataclassFieldValidationError, match="fps"):
-            bard_card_snippet(model_id, content)
+
+    def warned():
+        return [r.getMessage() for r in caplog.records if "--processor-only" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING), pytest.raises(StrictDataclassFieldValidationError, match="fps"):
+        bard_card_snippet(model_id, content)
     assert len(warned()) == 1 and f"bard convert --processor-only {model_id}" in warned()[0]
 
     # Reference, from the released files as they are: BardVLProcessor read directly, the

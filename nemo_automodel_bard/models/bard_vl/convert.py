@@ -297,7 +297,9 @@ def _write_checkpoint(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bard-convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--from", dest="source", help="autoregressive Qwen3-VL checkpoint directory")
+    parser.add_argument(
+        "--from", dest="source", help="autoregressive Qwen3-VL checkpoint directory (required, as is --to, unless --processor-only)"
+    )
     parser.add_argument("--to", dest="target", help="output directory for the Bard-VL checkpoint")
     parser.add_argument(
         "--processor-only", metavar="DIR", default=None,
