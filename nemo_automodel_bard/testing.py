@@ -20,6 +20,10 @@ Public API (stable; other areas' tests may use it):
 * ``save_tiny_checkpoint(path, *, seed=0, processor=True, **overrides) -> Path``: a local
   Bard-VL checkpoint directory (safetensors + config + processor files naming
   ``BardVLProcessor``).
+* ``save_tiny_released_checkpoint(path, *, legacy_files=False, seed=0) -> Path``: a tiny Bard-VL
+  checkpoint whose processor files name ``Qwen3VLProcessor``, as released ones (copied from
+  Qwen3-VL) do; ``legacy_files`` writes transformers 4.57's layout (``preprocessor_config.json``,
+  ``video_preprocessor_config.json``, ``chat_template.json``) instead of ``processor_config.json``.
 * ``save_tiny_qwen3vl_checkpoint(path, *, seed=0) -> Path``: the autoregressive counterpart
   (stock HF Qwen3-VL class and config, ``<|reserved|>`` instead of ``<|mask|>``), the input of
   ``bard-convert``.
@@ -51,6 +55,7 @@ __all__ = [
     "tiny_image",
     "chat_batch",
     "save_tiny_checkpoint",
+    "save_tiny_released_checkpoint",
     "save_tiny_qwen3vl_checkpoint",
     "released_layout_config",
     "write_tiny_video",
@@ -245,6 +250,23 @@ def save_tiny_checkpoint(path: str | Path, *, seed: int = 0, processor: bool = T
         from nemo_automodel_bard.models.bard_vl.processing import as_bard_processor
 
         as_bard_processor(tiny_processor()).save_pretrained(path)  # AutoProcessor -> BardVLProcessor
+    return path
+
+
+def save_tiny_released_checkpoint(path: str | Path, *, legacy_files: bool = False, seed: int = 0) -> Path:
+    """A tiny Bard-VL checkpoint whose processor files name ``Qwen3VLProcessor`` (released layout)."""
+    path = save_tiny_checkpoint(path, seed=seed, processor=False)
+    tiny_processor().save_pretrained(path)  # processor_class: Qwen3VLProcessor
+    if legacy_files:
+        combined = json.loads((path / "processor_config.json").read_text())
+        for key, name in (("image_processor", "preprocessor_config.json"),
+                          ("video_processor", "video_preprocessor_config.json")):
+            data = {**combined[key], "processor_class": combined["processor_class"]}
+            (path / name).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        template = path / "chat_template.jinja"
+        (path / "chat_template.json").write_text(json.dumps({"chat_template": template.read_text()}, indent=2))
+        template.unlink()
+        (path / "processor_config.json").unlink()
     return path
 
 

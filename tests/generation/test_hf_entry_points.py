@@ -12,6 +12,8 @@ Snippet bodies are kept as the cards write them; only the paths and sizes are lo
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pytest
 import torch
@@ -178,3 +180,49 @@ def test_pipeline_single_and_batched(model_id, image_path):
         assert text == processor.batch_decode(response, skip_special_tokens=True)[0]
         tokens = pipe(text=chat, max_new_tokens=12, return_tensors=True, generate_kwargs=dict(BARD))[0]
         assert torch.equal(tokens["generated_token_ids"][inputs["input_ids"].shape[1] :], response[0])
+
+
+@pytest.mark.parametrize("legacy_files", [False, True], ids=["processor_config", "legacy_files"])
+def test_bard_card_snippet_on_a_released_checkpoint_after_the_one_time_fix(tmp_path, image_path, legacy_files, caplog):
+    """A released checkpoint's processor files name Qwen3VLProcessor: AutoProcessor then builds
+    transformers' class and the card's snippet fails on qwen-vl-utils' {"fps": []} (transformers
+    5.18 + qwen-vl-utils 0.0.14). Loading the model warns with the fix; after
+    ``bard convert --processor-only DIR`` the unchanged snippet runs, with no warning."""
+    from huggingface_hub.errors import StrictDataclassFieldValidationError
+    from qwen_vl_utils import process_vision_info
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from nemo_automodel_bard.cli import main as bard
+    from nemo_automodel_bard.models.bard_vl import BardVLProcessor
+    from nemo_automodel_bard.testing import save_tiny_released_checkpoint
+
+    model_id = str(save_tiny_released_checkpoint(tmp_path / "released", legacy_files=legacy_files))
+    content = [{"type": "image", "image": image_path}, {"type": "text", "text": "Please describe this image"}]
+
+    def warned():
+        return [r.getMessage() for r in caplog.records if "--processor-only" in r.getMessage()]
+
+    with caplog.at_level(logging.WARNING), pytest.raises(StrictDataclassFieldValidationError, match="fps"):
+        bard_card_snippet(model_id, content)
+    assert len(warned()) == 1 and f"bard convert --processor-only {model_id}" in warned()[0]
+
+    # Reference, from the released files as they are: BardVLProcessor read directly, the
+    # images qwen-vl-utils gives, and the positional generate call.
+    model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=torch.float32).eval()
+    processor = BardVLProcessor.from_pretrained(model_id)
+    messages = [{"role": "system", "content": "You are a helpful assistant."}, {"role": "user", "content": content}]
+    text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    images, _ = process_vision_info(messages, image_patch_size=processor.image_processor.patch_size)
+    ref_inputs = processor(text=[text], images=images, return_tensors="pt")
+    ref = model.generate(ref_inputs, max_new_tokens=16, **BARD)
+
+    assert bard(["convert", "--processor-only", model_id]) == 0  # what the user runs once
+    assert type(AutoProcessor.from_pretrained(model_id)) is BardVLProcessor
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        model, inputs, response_ids, output = bard_card_snippet(model_id, content)
+    assert not warned()
+    assert torch.equal(inputs["input_ids"], ref_inputs["input_ids"])
+    assert torch.equal(inputs["pixel_values"], ref_inputs["pixel_values"])
+    assert torch.equal(response_ids, ref) and isinstance(output, str)
+    assert bard(["convert", "--processor-only", model_id]) == 0  # idempotent

@@ -168,3 +168,84 @@ def test_converted_processor_takes_the_card_snippets_video_kwargs(ar_checkpoint,
     text = processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     batch = processor(text=[text], images=[tiny_image()], videos=None, padding=False, return_tensors="pt", fps=[])
     assert int(batch["image_grid_thw"].prod()) > 0
+
+
+# --processor-only DIR: prepare a released Bard-VL checkpoint in place (processor_files.py).
+
+
+@pytest.fixture(scope="module")
+def released_checkpoint(tmp_path_factory):
+    from nemo_automodel_bard.testing import save_tiny_released_checkpoint
+
+    return save_tiny_released_checkpoint(tmp_path_factory.mktemp("released") / "ckpt", legacy_files=True)
+
+
+def _copy_dir(src, dst):
+    dst.mkdir()
+    for item in src.iterdir():
+        (dst / item.name).write_bytes(item.read_bytes())
+    return dst
+
+
+def test_processor_only_renames_in_place_and_is_idempotent(released_checkpoint, tmp_path, capsys):
+    from transformers import AutoProcessor
+
+    from nemo_automodel_bard.models.bard_vl.processing import BardVLProcessor
+
+    model_dir = _copy_dir(released_checkpoint, tmp_path / "ckpt")
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    assert main(["--processor-only", str(model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "Qwen3VLProcessor -> BardVLProcessor" in out and "video_preprocessor_config.json" in out
+    after = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    assert after == {name: data.replace(b'"Qwen3VLProcessor"', b'"BardVLProcessor"') for name, data in before.items()}
+    assert after != before
+    assert type(AutoProcessor.from_pretrained(model_dir)) is BardVLProcessor
+    assert main(["--processor-only", str(model_dir)]) == 0
+    assert "nothing to change" in capsys.readouterr().out
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == after
+
+
+def test_processor_only_refuses_what_is_not_a_released_bard_vl_checkpoint(
+    released_checkpoint, ar_checkpoint, tmp_path, capsys
+):
+    ar_before = {p.name: p.read_bytes() for p in ar_checkpoint.iterdir()}
+    assert main(["--processor-only", str(ar_checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert "autoregressive Qwen3-VL checkpoint" in err and f"--from {ar_checkpoint} --to OUT" in err
+    assert {p.name: p.read_bytes() for p in ar_checkpoint.iterdir()} == ar_before
+
+    assert main(["--processor-only", str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    other = tmp_path / "llama"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    assert main(["--processor-only", str(other)]) == 2
+    assert "not a Bard-VL checkpoint: model_type is 'llama'" in capsys.readouterr().err
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_bytes((released_checkpoint / "config.json").read_bytes())
+    assert main(["--processor-only", str(bare)]) == 2
+    assert "has no processor files" in capsys.readouterr().err
+
+    foreign = _copy_dir(released_checkpoint, tmp_path / "foreign")
+    (foreign / "tokenizer_config.json").write_text(json.dumps({"processor_class": "LlavaProcessor"}))
+    broken = _copy_dir(released_checkpoint, tmp_path / "broken")
+    (broken / "video_preprocessor_config.json").write_text('{"processor_class": ')
+    for model_dir, message in ((foreign, "names processor_class 'LlavaProcessor'"), (broken, "is not valid JSON")):
+        before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+        assert main(["--processor-only", str(model_dir)]) == 2
+        assert message in capsys.readouterr().err
+        assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before  # nothing half-renamed
+
+
+def test_processor_only_takes_no_conversion_options(released_checkpoint, capsys):
+    for extra in (["--to", "out"], ["--block-size", "8"], ["--overwrite"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(["--processor-only", str(released_checkpoint), *extra])
+        assert exit_.value.code == 2
+        assert f"takes no other option (got {extra[0]})" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["--to", "out"])
+    assert "--from and --to are required" in capsys.readouterr().err

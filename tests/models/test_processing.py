@@ -52,7 +52,7 @@ def test_loads_a_directory_that_names_qwen3vl_processor(tmp_path, frames):
     text = "<|vision_start|><|image_pad|><|vision_end|>hello"
     _assert_same(ours(text=[text], images=[tiny_image()], return_tensors="pt"),
                  stock(text=[text], images=[tiny_image()], return_tensors="pt"))
-    ours.save_pretrained(tmp_path)  # the documented one-time rewrite for such directories
+    ours.save_pretrained(tmp_path)  # re-serialises every file; bard convert --processor-only renames only
     assert type(AutoProcessor.from_pretrained(tmp_path)) is BardVLProcessor
 
 

@@ -5,7 +5,8 @@ Importing this package registers (idempotently):
 * ``bard_vl`` with transformers' ``AutoConfig`` and ``AutoModelForImageTextToText``, so a
   released checkpoint (``model_type: bard_vl``) loads through the auto classes;
 * ``BardVLProcessor`` with ``AutoProcessor`` (used when the checkpoint's processor files name
-  ``BardVLProcessor`` or no processor class);
+  ``BardVLProcessor`` or no processor class; released checkpoints name ``Qwen3VLProcessor``
+  until ``bard convert --processor-only DIR`` renames it, see processor_files.py);
 * ``BardVLForConditionalGeneration`` and the released checkpoints' misspelled
   ``BardVLForConditonalGeneration`` (decision D1) in NeMo AutoModel's architecture registry
   (the package's entry points declare the same names for processes that never import us).

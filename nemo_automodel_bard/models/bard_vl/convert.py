@@ -12,6 +12,12 @@ Weights are copied byte for byte (block-diffusion training starts from the AR we
 has none); with ``--mask-token-id`` STR is registered at that id. The checkpoint is written
 into a temporary sibling folder and moved into place, so ``--overwrite`` leaves exactly the
 new checkpoint (no stale shards of an earlier conversion) and a failed run leaves ``--to`` as it was.
+
+    bard-convert --processor-only Bard-VL-4B
+
+prepares a downloaded (released) Bard-VL checkpoint in place for ``AutoProcessor``: its
+processor files, copied from Qwen3-VL, name ``Qwen3VLProcessor``; this renames the class to
+``BardVLProcessor`` and changes nothing else (see ``use_bard_processor``).
 """
 
 from __future__ import annotations
@@ -25,8 +31,15 @@ import tempfile
 from pathlib import Path
 
 from nemo_automodel_bard.models.bard_vl.configuration import DEFAULT_MASK_TOKEN_ID, PROMPT_ATTENTION_CHOICES
+from nemo_automodel_bard.models.bard_vl.processor_files import (
+    BARD_PROCESSOR,
+    PROCESSOR_FILES,
+    STOCK_PROCESSOR,
+    named_processor_classes,
+    rename_stock_processor,
+)
 
-__all__ = ["convert", "main", "ConversionError"]
+__all__ = ["convert", "use_bard_processor", "main", "ConversionError"]
 
 DEFAULT_MASK_TOKEN = "<|mask|>"
 
@@ -35,16 +48,21 @@ class ConversionError(ValueError):
     """The source cannot be turned into a Bard-VL checkpoint (message says why)."""
 
 
-def _read_source_config(source: Path) -> dict:
-    path = source / "config.json"
+def _read_config(model_dir: Path) -> dict:
+    path = model_dir / "config.json"
     if not path.is_file():
-        raise ConversionError(f"{source} is not a checkpoint directory: no config.json")
+        raise ConversionError(f"{model_dir} is not a checkpoint directory: no config.json")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ConversionError(f"{path} is not valid JSON: {err}") from None
     if not isinstance(config, dict):
         raise ConversionError(f"{path} must hold a JSON object, got {type(config).__name__}")
+    return config
+
+
+def _read_source_config(source: Path) -> dict:
+    config = _read_config(source)
     model_type = config.get("model_type")
     if model_type == "bard_vl":
         raise ConversionError(f"{source} is already a Bard-VL checkpoint (model_type 'bard_vl')")
@@ -214,6 +232,42 @@ def convert(
     return target
 
 
+def use_bard_processor(model_dir: str | Path) -> list[Path]:
+    """Prepare a Bard-VL checkpoint for ``AutoProcessor`` in place (``--processor-only DIR``).
+
+    Released checkpoints name ``Qwen3VLProcessor`` in the processor files they copied from
+    Qwen3-VL; this renames it to ``BardVLProcessor`` (processor_files.py), changing no other
+    byte. Idempotent: returns the files changed, none on a second run.
+
+    Raises:
+        ConversionError: ``model_dir`` is not a Bard-VL checkpoint directory, has no processor
+            files, or one of them is malformed or names another processor class.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ConversionError(f"{model_dir} is not a directory")
+    model_type = _read_config(model_dir).get("model_type")
+    if model_type == "qwen3_vl":
+        raise ConversionError(
+            f"{model_dir} is an autoregressive Qwen3-VL checkpoint (model_type 'qwen3_vl'); "
+            f"convert it with: bard convert --from {model_dir} --to OUT"
+        )
+    if model_type != "bard_vl":
+        raise ConversionError(f"{model_dir} is not a Bard-VL checkpoint: model_type is {model_type!r}, expected 'bard_vl'")
+    try:
+        classes = named_processor_classes(model_dir)
+    except ValueError as err:
+        raise ConversionError(str(err)) from None
+    if not classes:
+        raise ConversionError(f"{model_dir} has no processor files (looked for {', '.join(PROCESSOR_FILES)})")
+    for name, cls in classes.items():
+        if cls not in (None, STOCK_PROCESSOR, BARD_PROCESSOR):
+            raise ConversionError(
+                f"{model_dir / name} names processor_class {cls!r}; expected {STOCK_PROCESSOR!r} or {BARD_PROCESSOR!r}"
+            )
+    return rename_stock_processor(model_dir)
+
+
 def _write_checkpoint(
     source: Path, target: Path, config: dict, tokenizer, mask_token_id: int, mask_token: str,
     block_size: int, prompt_attention: str,
@@ -230,7 +284,7 @@ def _write_checkpoint(
     )
     config.pop("auto_map", None)
     (target / "config.json").write_text(json.dumps(config, indent=2))
-    _name_bard_processor(target)
+    rename_stock_processor(target)  # AutoProcessor -> BardVLProcessor (processor_files.py)
     if tokenizer is not None:
         _register_mask_token(target, mask_token_id, mask_token, len(tokenizer))
         reloaded = _load_tokenizer(target)
@@ -243,8 +297,15 @@ def _write_checkpoint(
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bard-convert", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--from", dest="source", required=True, help="autoregressive Qwen3-VL checkpoint directory")
-    parser.add_argument("--to", dest="target", required=True, help="output directory for the Bard-VL checkpoint")
+    parser.add_argument(
+        "--from", dest="source", help="autoregressive Qwen3-VL checkpoint directory (required, as is --to, unless --processor-only)"
+    )
+    parser.add_argument("--to", dest="target", help="output directory for the Bard-VL checkpoint")
+    parser.add_argument(
+        "--processor-only", metavar="DIR", default=None,
+        help=f"instead: prepare a downloaded Bard-VL checkpoint DIR in place for AutoProcessor "
+             f"(rename processor_class {STOCK_PROCESSOR} to {BARD_PROCESSOR} in its processor files)",
+    )
     parser.add_argument(
         "--mask-token-id", type=int, default=None,
         help=f"embedding row of the mask token (default {DEFAULT_MASK_TOKEN_ID}, or --mask-token's id in the source tokenizer)",
@@ -261,7 +322,12 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Console entry point (``bard-convert`` / ``bard convert``); returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.processor_only is not None:
+        return _processor_only_main(parser, args)
+    if args.source is None or args.target is None:
+        parser.error("--from and --to are required (or --processor-only DIR)")
     try:
         out = convert(
             args.source,
@@ -279,25 +345,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _processor_only_main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    others = [action.option_strings[0] for action in parser._actions
+              if action.dest not in ("help", "processor_only") and getattr(args, action.dest) != action.default]
+    if others:
+        parser.error(f"--processor-only DIR changes DIR in place and takes no other option (got {', '.join(others)})")
+    try:
+        renamed = use_bard_processor(args.processor_only)
+    except ConversionError as err:
+        print(f"bard-convert: error: {err}", file=sys.stderr)
+        return 2
+    if renamed:
+        names = ", ".join(path.name for path in renamed)
+        print(f"{args.processor_only}: processor_class {STOCK_PROCESSOR} -> {BARD_PROCESSOR} in {names}")
+    else:
+        print(f"{args.processor_only}: nothing to change (no processor file names {STOCK_PROCESSOR})")
+    return 0
+
+
 if __name__ == "__main__":
     sys.exit(main())
 
-
-_PROCESSOR_FILES = ("processor_config.json", "preprocessor_config.json", "video_preprocessor_config.json",
-                    "tokenizer_config.json")
-
-
-def _name_bard_processor(target: Path) -> None:
-    """Name ``BardVLProcessor`` where the copied processor files name ``Qwen3VLProcessor``.
-
-    AutoProcessor builds the class a checkpoint's files name; Bard-VL's (a Qwen3VLProcessor
-    subclass) also takes qwen-vl-utils' per-video ``fps`` list, so the model card's snippet runs.
-    """
-    for name in _PROCESSOR_FILES:
-        path = target / name
-        if not path.is_file():
-            continue
-        data = json.loads(path.read_text())
-        if data.get("processor_class") == "Qwen3VLProcessor":
-            data["processor_class"] = "BardVLProcessor"
-            path.write_text(json.dumps(data, indent=2, ensure_ascii=False))

@@ -28,6 +28,7 @@ from transformers import PreTrainedModel
 from transformers.models.qwen3_vl.modeling_qwen3_vl import Qwen3VLCausalLMOutputWithPast
 
 from nemo_automodel_bard.models.bard_vl.configuration import BardVLConfig
+from nemo_automodel_bard.models.bard_vl.processor_files import warn_if_stock_processor
 
 try:  # FlexAttention is optional (absent on some builds)
     from torch.nn.attention.flex_attention import BlockMask
@@ -74,6 +75,15 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
             layer.self_attn.is_causal = False
         # transformers asks each sub-model in turn: the text model is the one that runs flex.
         self.model.language_model._supports_flex_attn = True
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Any, *model_args: Any, **kwargs: Any):
+        """transformers' ``from_pretrained``, plus one warning when the checkpoint's processor files
+        name ``Qwen3VLProcessor`` (released checkpoints do; the model card's snippet then fails in
+        ``AutoProcessor``'s class; the warning gives the one-time fix). Loading is unchanged."""
+        loaded = super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
+        warn_if_stock_processor(pretrained_model_name_or_path, subfolder=kwargs.get("subfolder") or "")
+        return loaded
 
     def set_text_attention(self, implementation: str) -> None:
         """Run the text layers with ``implementation`` (``sdpa``, ``eager`` or ``flex_attention``).
