@@ -247,7 +247,11 @@ def decoder_overhead(bard, batch, new_tokens: int, tpf: int, reps: int, device) 
             h.remove()
     with HostSyncCounter() as counter:
         bard_generate(bard, batch, new_tokens, tpf)
+    with HostSyncCounter() as dynamic:  # the same budget; its early exit reads one flag per step
+        bard.generate(batch, max_new_tokens=new_tokens, block_size=BLOCK, denoising_steps=BLOCK // tpf,
+                      remasking_strategy="low_confidence_dynamic")
     return {"forward_share": statistics.median(shares), "host_syncs": counter.total,
+            "host_syncs_dynamic": dynamic.total,
             "blocks": -(-new_tokens // BLOCK), "forwards": -(-new_tokens // BLOCK) * (BLOCK // tpf)}
 
 
@@ -315,7 +319,8 @@ def print_table(r: dict) -> None:
         print("  ratios: " + "  ".join(f"{k} {v:.2f}" for k, v in t["ratios"].items()))
         o = r["overhead"][n]
         print(f"  TPF 4: {o['forward_share'] * 100:.1f} % of generate() inside the forward; "
-              f"{o['host_syncs']} host syncs for {o['blocks']} blocks / {o['forwards']} forwards")
+              f"{o['host_syncs']} host syncs for {o['blocks']} blocks / {o['forwards']} forwards "
+              f"(dynamic strategy: {o.get('host_syncs_dynamic', '-')})")
     if "time_per_token_ms" in r:
         for name, per_len in r["time_per_token_ms"].items():
             print(f"time per token (ms, batch 1) {name:<10} " + "  ".join(f"{k}: {v:.2f}" for k, v in per_len.items()))

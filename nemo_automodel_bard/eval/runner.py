@@ -112,7 +112,12 @@ def _load_model(settings: EvalSettings, device: str) -> torch.nn.Module:
         from nemo_automodel_bard.models.bard_vl import BardVLForConditionalGeneration as model_class
     else:
         from transformers import AutoModelForImageTextToText as model_class
-    model = model_class.from_pretrained(settings.pretrained, dtype=dtype, attn_implementation=settings.attn_implementation)
+    from nemo_automodel_bard.models.bard_vl.processor_files import stock_processor_expected
+
+    with stock_processor_expected():  # the runner calls the processor itself (no qwen-vl-utils fps list)
+        model = model_class.from_pretrained(
+            settings.pretrained, dtype=dtype, attn_implementation=settings.attn_implementation
+        )
     return model.to(device).eval()
 
 

@@ -190,12 +190,14 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import TextStreamer
 
     from nemo_automodel_bard.models.bard_vl import BardVLForConditionalGeneration
+    from nemo_automodel_bard.models.bard_vl.processor_files import stock_processor_expected
 
     try:
         processor, images, videos = _prepare(args)
-        model = BardVLForConditionalGeneration.from_pretrained(
-            args.model, dtype=resolve_dtype(args.dtype, args.device), attn_implementation=args.attn_implementation
-        )
+        with stock_processor_expected():  # the stock processor serves this command (no fps list)
+            model = BardVLForConditionalGeneration.from_pretrained(
+                args.model, dtype=resolve_dtype(args.dtype, args.device), attn_implementation=args.attn_implementation
+            )
     except (ValueError, OSError) as err:
         print(f"bard generate: error: {err}", file=sys.stderr)
         return 2

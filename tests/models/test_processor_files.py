@@ -145,3 +145,17 @@ def test_rename_replaces_a_symlinked_file_and_leaves_its_target_alone(released, 
     assert not (model_dir / name).is_symlink()
     assert blob.read_bytes() == (released / name).read_bytes()
     assert (model_dir / name).read_bytes() == blob.read_bytes().replace(b'"Qwen3VLProcessor"', b'"BardVLProcessor"')
+
+
+def test_project_tools_that_serve_themselves_do_not_warn(released, caplog, capsys):
+    """``bard generate`` calls the processor itself (no qwen-vl-utils fps list): the stock class
+    serves it, so the warning would be noise there."""
+    from nemo_automodel_bard.cli import main
+
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        assert main(["generate", "--model", str(released), "--prompt", "hi", "--max-new-tokens", "4"]) == 0
+    assert not [r for r in caplog.records if r.name == LOGGER]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        BardVLForConditionalGeneration.from_pretrained(released)  # a user's own load still warns
+    assert [r for r in caplog.records if r.name == LOGGER]

@@ -11,12 +11,15 @@ returns (the model card's snippet). Renaming the class in those files (``bard co
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
 import logging
 import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Iterator
 
 __all__ = [
     "PROCESSOR_FILES",
@@ -120,13 +123,28 @@ def _stock_if_deciding(classes: dict[str, str | None]) -> str | None:
     return deciding if deciding is not None and classes[deciding] == STOCK_PROCESSOR else None
 
 
+_STOCK_PROCESSOR_EXPECTED: contextvars.ContextVar[bool] = contextvars.ContextVar("stock_processor_expected", default=False)
+
+
+@contextlib.contextmanager
+def stock_processor_expected() -> Iterator[None]:
+    """Loads inside this block skip the warning: for the project's own tools (``bard generate``,
+    the lmms-eval runner), which never pass qwen-vl-utils' video kwargs to the processor, so the
+    stock class serves them."""
+    token = _STOCK_PROCESSOR_EXPECTED.set(True)
+    try:
+        yield
+    finally:
+        _STOCK_PROCESSOR_EXPECTED.reset(token)
+
+
 def warn_if_stock_processor(model_id: str | os.PathLike | None, subfolder: str = "") -> bool:
     """Log one warning when ``model_id``'s processor files name ``Qwen3VLProcessor``.
 
     Reads only the small JSON files: of a local directory, or of a hub id's files already in
     the local Hugging Face cache (no download). Returns whether it warned.
     """
-    if model_id is None:
+    if model_id is None or _STOCK_PROCESSOR_EXPECTED.get():
         return False
     local = Path(model_id) / subfolder
     if local.is_dir():
