@@ -187,9 +187,14 @@ def ar_generate(model, batch, new_tokens: int, compiled=None) -> None:
 
 
 @torch.no_grad()
-def bard_generate(model, batch, new_tokens: int, tpf: int, compile=False) -> None:
+def bard_generate(model, batch, new_tokens: int, tpf: int, compile=False, dynamic: bool = False) -> None:
+    """Forced TPF: the static strategy; ``dynamic`` runs the dynamic strategy with threshold 1.0,
+    which never fires, so it commits exactly as static (same forwards) plus one flag read per
+    step: the difference is the cost of that read."""
+    strategy = dict(remasking_strategy="low_confidence_dynamic", confidence_threshold=1.0) if dynamic else dict(
+        remasking_strategy="low_confidence_static")
     out = model.generate(batch, max_new_tokens=new_tokens, block_size=BLOCK, denoising_steps=BLOCK // tpf,
-                         remasking_strategy="low_confidence_static", compile=compile)
+                         compile=compile, **strategy)
     assert out.shape[1] == new_tokens
 
 
@@ -209,10 +214,11 @@ def throughput(bard, ar, batch, new_tokens: int, tpfs, reps: int, device, compil
         variants["ar_static_compiled"] = lambda: ar_generate(ar, batch, new_tokens, compiled=config)
     for tpf in tpfs:
         variants[f"bard_tpf{tpf}"] = lambda tpf=tpf: bard_generate(bard, batch, new_tokens, tpf)
+    variants["bard_tpf4_dynamic"] = lambda: bard_generate(bard, batch, new_tokens, 4, dynamic=True)
     seconds = interleaved(variants, reps, device)
     n = batch["input_ids"].shape[0] * new_tokens
     tokens_per_s = {k: n / s for k, s in seconds.items()}
-    ratios = {}
+    ratios = {"tpf4_static_vs_dynamic_same_forwards": tokens_per_s["bard_tpf4"] / tokens_per_s["bard_tpf4_dynamic"]}
     for tpf in tpfs:
         for base in [k for k in tokens_per_s if k.startswith("ar")]:
             ratios[f"tpf{tpf}_vs_{base}"] = tokens_per_s[f"bard_tpf{tpf}"] / tokens_per_s[base]

@@ -103,14 +103,20 @@ def part_throughput(s: dict) -> dict:
         variants = {
             "ar": lambda: bench.ar_generate(ar, batch, s["tokens"]),
             "bard_tpf4": lambda: bench.bard_generate(bard, batch, s["tokens"], 4),
+            # Same commits and forwards as bard_tpf4, plus the dynamic strategy's per-step flag read.
+            "bard_tpf4_dynamic": lambda: bench.bard_generate(bard, batch, s["tokens"], 4, dynamic=True),
         }
         if device.type == "cuda":  # compiling on CPU takes minutes: not in the smoke run
             config = bench.ar_compile_config(device)
             variants["ar_static_compiled"] = lambda: bench.ar_generate(ar, batch, s["tokens"], compiled=config)
             variants["bard_tpf4_compiled"] = lambda: bench.bard_generate(bard, batch, s["tokens"], 4, compile=True)
+            variants["bard_tpf4_compiled_dynamic"] = lambda: bench.bard_generate(
+                bard, batch, s["tokens"], 4, compile=True, dynamic=True)
         seconds = bench.interleaved(variants, s["reps"], device)
         tps = {k: n * s["tokens"] / v for k, v in seconds.items()}
         ratios = {f"{b}_vs_{a}": tps[b] / tps[a] for b in tps if b.startswith("bard") for a in tps if a.startswith("ar")}
+        for static in [k for k in tps if k.startswith("bard") and not k.endswith("_dynamic")]:
+            ratios[f"{static}_vs_its_dynamic"] = tps[static] / tps[f"{static}_dynamic"]
         out["batch"][n] = {"tokens_per_s": tps, "ratios": ratios}
     return out
 

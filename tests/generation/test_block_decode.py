@@ -383,3 +383,15 @@ def test_output_without_stats_equals_output_with_stats(model, batch, strategy):
               remasking_strategy=strategy)
     with_stats, _ = block_generate(model, batch, return_step_stats=True, **kw)
     assert torch.equal(block_generate(model, batch, **kw), with_stats)
+
+
+def test_dynamic_threshold_one_falls_back_to_the_static_commits(model, batch):
+    """No confidence exceeds 1.0, so every dynamic step takes the static count: the same tokens
+    and forwards as the static strategy (what benchmarks/decode.py uses to time the flag read)."""
+    kw = dict(max_new_tokens=12, block_size=4, denoising_steps=2, eos_token_id=TINY_IDS["eos"])
+    static, static_stats = block_generate(model, batch, remasking_strategy="low_confidence_static",
+                                          return_step_stats=True, **kw)
+    dynamic, dynamic_stats = block_generate(model, batch, remasking_strategy="low_confidence_dynamic",
+                                            confidence_threshold=1.0, return_step_stats=True, **kw)
+    assert torch.equal(static, dynamic)
+    assert static_stats.tokens_per_forward == dynamic_stats.tokens_per_forward
