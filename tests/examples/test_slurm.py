@@ -70,3 +70,28 @@ def test_each_node_runs_bard_finetune_with_its_rank_and_a_shared_rendezvous(tmp_
         assert launch.main(argv[1:] + ["--dry-run"]) == 0
         printed = capsys.readouterr().out
         assert f"--node-rank={node}" in printed and "--nnodes=2" in printed and "-m nemo_automodel_bard.recipes.launch" in printed
+
+
+@pytest.mark.parametrize("script", ["bard_pbm.sub", "bard_swd.sub"])
+def test_a_long_node_list_does_not_end_the_job_with_sigpipe(tmp_path, script):
+    """The first hostname is read without closing the pipe early: with ``pipefail`` a reader that
+    stops after one line (``head -n 1``) ends the job with scontrol's SIGPIPE (exit 141) once the
+    list outgrows the pipe buffer."""
+    stubs, record = tmp_path / "bin", tmp_path / "record"
+    stubs.mkdir()
+    record.mkdir()
+    many = "#!/bin/bash\nfor i in $(seq 1 50000); do printf 'gpu-node-%06d\\n' \"$i\"; done\n"
+    for name, text in (("srun", _SRUN), ("scontrol", many), ("bard", _BARD)):
+        (stubs / name).write_text(text)
+        (stubs / name).chmod(0o755)
+    env = {
+        "PATH": f"{stubs}:{os.environ['PATH']}", "HOME": str(tmp_path), "RECORD": str(record),
+        "SLURM_JOB_NODELIST": "gpu-node-[000001-050000]", "SLURM_NNODES": "2", "SLURM_JOB_ID": "4711",
+        "SLURM_GPUS_PER_NODE": "8", "MODEL": "/shared/m", "DATA": "/shared/data/train.jsonl",
+        "CKPT_DIR": "/shared/ckpt", "HF_HOME": "/shared/hf", "TEACHER": "/shared/t",
+    }
+    run = subprocess.run(["bash", str(ROOT / "examples" / "slurm" / script)], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert run.returncode == 0, (run.returncode, run.stderr)
+    environment = (record / "node_0.env").read_text()
+    assert "MASTER_ADDR=gpu-node-000001\n" in environment
