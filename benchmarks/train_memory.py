@@ -15,7 +15,11 @@ What is measured and what is counted (docs/training.md, "Memory"):
   *square* (has two sequence-long dimensions: masks), so both scale exactly to the real row
   length. Parameter gradients are dropped as they are accumulated (FSDP2 reduce-scatters
   them into the sharded fp32 gradients counted below). The loss head (LM head + the
-  recipe's loss, SWD: CE + top-k KL) is measured per loss token at the real vocabulary.
+  recipe's loss, SWD: CE + top-k KL) is measured per loss token at the real vocabulary, the
+  way the YAML runs it: all ``[N, V]`` logits at once (``bard.loss.chunk_tokens: 0``), or in
+  chunks recomputed in backward (``diffusion/chunked_head.py``), whose backward peak grows
+  with the chunk, not with N (measured per chunk row), plus one ``[V, H]`` bf16 weight
+  gradient of a chunk before it is added to the head's (counted from shapes).
 * **Counted from shapes**: parameters (meta-device build of the Bard-VL subclass), fp32
   master weights + fp32 gradients + AdamW's two fp32 states, all sharded over the GPUs; the
   bf16 all-gather of the unit being run and the one prefetched, the unsharded gradient of
@@ -305,8 +309,13 @@ def measure_vision(preset: str, patches_side: int, depth: int, checkpointing: bo
     return _run_step(forward, -1, [*model.parameters(), *model.buffers(), pixels, grid])
 
 
-def measure_loss_head(preset: str, tokens: int, kind: str, hidden: int = 8) -> Measured:
-    """LM head + loss over ``tokens`` loss positions at the real vocabulary (bf16 logits, fp32 loss)."""
+def measure_loss_head(preset: str, tokens: int, kind: str, hidden: int = 8, chunk_tokens: int = 0) -> Measured:
+    """LM head + loss over ``tokens`` loss positions at the real vocabulary (bf16 logits, fp32 loss).
+
+    ``chunk_tokens`` 0: the head on all rows, then the loss (the recipe keeps the logits
+    until backward); > 0: the recipe's chunked head (``chunked_head_loss``).
+    """
+    from nemo_automodel_bard.diffusion.chunked_head import chunked_head_loss
     from nemo_automodel_bard.diffusion.distill import teacher_topk, topk_kl_to_student
     from nemo_automodel_bard.diffusion.loss import weighted_cross_entropy
 
@@ -322,13 +331,19 @@ def measure_loss_head(preset: str, tokens: int, kind: str, hidden: int = 8) -> M
 
     kept = []  # the recipe keeps `logits` referenced until its backward has run
 
+    def loss_of(logits, rows):
+        loss = weighted_cross_entropy(logits, labels[rows], weights[rows], 1.0)
+        if kind == "swd":
+            loss = loss + (topk_kl_to_student(logits, *(t[rows] for t in targets)) * weights[rows]).sum()
+        return loss.reshape(1)
+
     def forward():
+        if chunk_tokens:
+            chunk_loss = lambda logits, start: loss_of(logits, slice(start, start + logits.shape[0]))  # noqa: E731
+            return chunked_head_loss(states, head.weight, chunk_loss, chunk_tokens).sum()
         logits = head(states)
         kept.append(logits)
-        loss = weighted_cross_entropy(logits, labels, weights, 1.0)
-        if kind == "swd":
-            loss = loss + (topk_kl_to_student(logits, *targets) * weights).sum()
-        return loss
+        return loss_of(logits, slice(None)).sum()
 
     result = _run_step(forward, -1, [head.weight, states, labels, weights, *targets])
     # The head's weight gradient [V, hidden] is dropped; at real width it is one unit's gradient (counted apart).
@@ -380,10 +395,18 @@ def vision_rates(preset: str, side: int, checkpointing: bool) -> tuple[float, fl
 
 
 @functools.lru_cache(maxsize=None)
-def loss_rates(preset: str, kind: str) -> tuple[float, float]:
-    """(held, backward extra) bytes per loss token: slopes over two token counts."""
-    small, large = measure_loss_head(preset, 16, kind), measure_loss_head(preset, 32, kind)
+def loss_rates(preset: str, kind: str, chunked: bool = False) -> tuple[float, float]:
+    """(held, backward extra) bytes per loss token: slopes over two token counts.
+
+    Chunked: the held slope over 16 vs 32 tokens (8-row chunks), and the extra per *chunk
+    row*: the slope over 8- vs 16-row chunks at 32 tokens.
+    """
+    chunk = 8 if chunked else 0
+    small, large = measure_loss_head(preset, 16, kind, chunk_tokens=chunk), measure_loss_head(preset, 32, kind, chunk_tokens=chunk)
     held = (sum(large.held.values()) - sum(small.held.values())) / 16
+    if chunked:
+        larger_chunk = measure_loss_head(preset, 32, kind, chunk_tokens=2 * chunk)
+        return held, max(larger_chunk.extra_linear - large.extra_linear, 0) / chunk
     extra = max(large.extra_linear - small.extra_linear, 0) / 16
     return held, extra
 
@@ -408,6 +431,7 @@ def read_config(path: str) -> dict[str, Any]:
     pack = packing.get("pack_size")
     seq = int(pack) if pack else max_layout_length(max_length, block)
     seq = math.ceil(seq / pad) * pad
+    chunk = (bard.get("loss") or {}).get("chunk_tokens")
     distributed = config.get("distributed") or {}
     teacher = config.get("teacher") or {}
     has_teacher = "teacher_model" in config and teacher.get("kind", "anchor") != "none"
@@ -421,7 +445,14 @@ def read_config(path: str) -> dict[str, Any]:
         "max_length": max_length,
         "block_size": block,
         "pack_size": pack,
+        "chunk_tokens": _default_chunk_tokens() if chunk is None else int(chunk),
     }
+
+
+def _default_chunk_tokens() -> int:
+    from nemo_automodel_bard.recipes.config_check import LossSettings
+
+    return LossSettings().chunk_tokens
 
 
 def predict(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -436,7 +467,8 @@ def predict(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
     text = text_rates(preset, args.measure_seq, ac)
     v_block, v_base, v_extra = vision_rates(preset, args.measure_patches_side, ac)
-    l_held, l_extra = loss_rates(preset, cfg["recipe"])
+    chunk = cfg["chunk_tokens"] if args.chunk_tokens is None else args.chunk_tokens
+    l_held, l_extra = loss_rates(preset, cfg["recipe"], chunk > 0)
     vision_tokens = args.vision_tokens if args.vision_tokens is not None else cfg["max_length"] - 1
     patches = rows * 4 * min(vision_tokens, seq)
     loss_tokens = int(args.loss_fraction * rows * seq // 2)
@@ -455,7 +487,11 @@ def predict(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     gib["text_activations_linear"] = (layers * lin(text.layer_held) + lin(text.base_held)) / GIB
     gib["vision_activations"] = (depth * v_block + v_base) * patches / GIB
     gib["loss_head"] = l_held * loss_tokens / GIB
-    backward_extra = max(lin(text.extra), v_extra * patches, l_extra * loss_tokens)
+    if chunk:  # one chunk's recomputed logits and their gradients, and that chunk's bf16 [V, H] weight gradient
+        loss_extra = l_extra * min(chunk, loss_tokens) + 2 * spec["text"]["vocab_size"] * hidden
+    else:
+        loss_extra = l_extra * loss_tokens
+    backward_extra = max(lin(text.extra), v_extra * patches, loss_extra)
     gib["backward_transient"] = backward_extra / GIB
     gib["reserve_cuda_nccl"] = RESERVE_GIB
     common = sum(gib.values())
@@ -469,12 +505,15 @@ def predict(cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
         "config": args.config, "recipe": cfg["recipe"], "model": preset, "teacher": teacher,
         "params": counts.total, "gpus": gpus, "gpu_gib": args.gpu_gib, "rows": rows, "seq": seq,
         "activation_checkpointing": ac, "vision_tokens_per_row": min(vision_tokens, seq), "loss_tokens": loss_tokens,
+        "chunk_tokens": chunk, "loss_head_backward_gib": round(loss_extra / GIB, 3),
         "measured": {
             "text_layer_bytes_per_token": text.layer_held[0], "text_layer_bytes_per_token2": text.layer_held[1],
             "text_base_bytes_per_token": text.base_held[0], "text_base_bytes_per_token2": text.base_held[1],
             "text_backward_extra_bytes_per_token": text.extra[0],
             "vision_block_bytes_per_patch": v_block, "vision_base_bytes_per_patch": v_base,
-            "loss_head_bytes_per_loss_token": l_held, "loss_backward_extra_bytes_per_loss_token": l_extra,
+            "loss_head_bytes_per_loss_token": l_held,
+            # chunked: per row of one chunk (the backward recomputes one chunk at a time)
+            "loss_backward_extra_bytes_per_loss_token" if not chunk else "loss_backward_extra_bytes_per_chunk_row": l_extra,
             "measure_seq": args.measure_seq, "measure_patches": args.measure_patches_side**2,
         },
         "breakdown_gib": {k: round(v, 3) for k, v in gib.items()},
@@ -515,6 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--measure-patches-side", type=int, default=8, help="vision measurement: side^2 patches")
     parser.add_argument("--loss-fraction", type=float, default=0.7,
                         help="loss positions as a fraction of a row's noisy half (mean 1/2 for mask noise, 2/pi mixed)")
+    parser.add_argument("--chunk-tokens", type=int,
+                        help="LM head + loss chunk rows (0: all logits at once; default: the YAML's bard.loss.chunk_tokens)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--table", type=int, nargs="*", metavar="SEQ",
                         help="also print a markdown table at these row lengths, checkpointing on and off")
@@ -525,7 +566,7 @@ def main(argv: list[str] | None = None) -> int:
     fits = result["predicted_peak_gib"] <= result["limit_gib"]
     result["fits"] = fits
     print(json.dumps({k: result[k] for k in ("config", "model", "teacher", "rows", "seq", "activation_checkpointing",
-                                             "breakdown_gib", "attention_gib", "predicted_peak_gib_by_attention")},
+                                             "chunk_tokens", "loss_head_backward_gib", "breakdown_gib", "attention_gib", "predicted_peak_gib_by_attention")},
                      indent=1))
     print(f"predicted peak {result['predicted_peak_gib']:.1f} GiB/GPU ({args.attention}) vs limit "
           f"{result['limit_gib']:.1f} GiB ({args.fit_fraction} x {args.gpu_gib}): {'fits' if fits else 'DOES NOT FIT'}")

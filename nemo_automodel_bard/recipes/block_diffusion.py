@@ -13,8 +13,13 @@ class only
   mask, per ``bard.attention``) and the loss (:meth:`compute_loss`);
 * overrides ``_forward_backward_step`` and ``_run_validation_epoch`` with those hooks.
 
-Hooks a subclass (SWD) overrides: ``build_model_inputs(batch, block_size)``,
-``compute_loss(logits, batch, keep, denominator)``, ``_forward_backward_step``,
+The loss is a sum over the scored positions, split in three hooks so that the same code
+runs on all logits at once or chunk by chunk inside the model's forward
+(``bard.loss.chunk_tokens``, :meth:`model_loss`): ``loss_targets`` (per scored row),
+``loss_terms`` (one chunk's terms) and ``total_loss`` (terms -> the scalar).
+
+Hooks a subclass (SWD) overrides: ``build_model_inputs(batch, block_size)``, the three loss
+hooks, ``compute_loss(logits, batch, keep, denominator)``, ``_forward_backward_step``,
 ``extra_config_sections``.
 """
 
@@ -23,7 +28,7 @@ from __future__ import annotations
 import copy
 import logging
 from contextlib import nullcontext
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 from nemo_automodel.components.config.loader import ConfigNode
@@ -32,6 +37,7 @@ from nemo_automodel.components.loggers.metric_logger import MetricsSample
 from nemo_automodel.recipes.vlm.finetune import FinetuneRecipeForVLM
 
 from nemo_automodel_bard._cpu_shim import apply_cpu_shims
+from nemo_automodel_bard.diffusion.chunked_head import chunked_head_loss
 from nemo_automodel_bard.diffusion.flex_masks import layout_mask
 from nemo_automodel_bard.diffusion.layout import (
     apply_noise,
@@ -416,15 +422,56 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         model = self.model_parts[0]
         return batch["loss_mask"].to(self._device()) if hasattr(model, "rope_positions") else None
 
-    def compute_loss(
-        self, logits: torch.Tensor, batch: dict[str, Any], keep: torch.Tensor | None, denominator: float
-    ) -> torch.Tensor:
-        """1/t-weighted CE (diffusion/loss.py) over the kept logits (``[N, V]``, or ``[B, S, V]`` if keep is None)."""
-        device = logits.device
+    def loss_targets(self, batch: dict[str, Any], keep: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """What the loss reads per kept position: ``[N]`` tensors (``[B, S]`` if keep is None)."""
+        device = self._device()
         labels, weights = batch["labels"].to(device), batch["loss_weight"].to(device)
         if keep is not None:
             labels, weights = labels[keep], weights[keep]
-        return weighted_cross_entropy(logits, labels, weights, denominator)
+        return {"labels": labels, "weights": weights}
+
+    def loss_terms(self, logits: torch.Tensor, targets: dict[str, torch.Tensor], denominator: float) -> torch.Tensor:
+        """``[1]``: the 1/t-weighted CE (diffusion/loss.py) of these logits' rows, over the global ``denominator``."""
+        return weighted_cross_entropy(logits, targets["labels"], targets["weights"], denominator).reshape(1)
+
+    def total_loss(self, terms: torch.Tensor) -> torch.Tensor:
+        """The scalar to backpropagate from the terms summed over all rows."""
+        return terms[0]
+
+    def compute_loss(
+        self, logits: torch.Tensor, batch: dict[str, Any], keep: torch.Tensor | None, denominator: float
+    ) -> torch.Tensor:
+        """The loss of all kept logits at once (``[N, V]``, or ``[B, S, V]`` if keep is None)."""
+        return self.total_loss(self.loss_terms(logits, self.loss_targets(batch, keep), denominator))
+
+    def chunked_loss_head(
+        self, batch: dict[str, Any], keep: torch.Tensor, denominator: float
+    ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The model's ``lm_head_fn``: :meth:`loss_terms` over ``bard.loss.chunk_tokens`` rows at a time."""
+        targets = self.loss_targets(batch, keep)
+
+        def chunk_loss(logits: torch.Tensor, start: int) -> torch.Tensor:
+            rows = {name: value[start : start + logits.shape[0]] for name, value in targets.items()}
+            return self.loss_terms(logits, rows, denominator)
+
+        return lambda hidden, weight: chunked_head_loss(hidden, weight, chunk_loss, self.bard.loss.chunk_tokens)
+
+    def model_loss(
+        self, model: Any, inputs: dict[str, Any], batch: dict[str, Any], denominator: float
+    ) -> torch.Tensor:
+        """Forward and loss of one micro-batch.
+
+        With ``bard.loss.chunk_tokens`` > 0 and a Bard-VL model the loss runs inside the
+        model's forward (``lm_head_fn``), a chunk of logits at a time: never ``[N, V]``.
+        Otherwise the model returns the kept logits and :meth:`compute_loss` reads them.
+        """
+        keep = self.loss_positions(batch)
+        if keep is not None:
+            inputs = {**inputs, "logits_to_keep": keep}
+        if keep is not None and self.bard.loss.chunk_tokens > 0:
+            terms = model(**inputs, lm_head_fn=self.chunked_loss_head(batch, keep, denominator)).head_output
+            return self.total_loss(terms)
+        return self.compute_loss(model(**inputs).logits, batch, keep, denominator)
 
     def _denominator(self, batches: list[dict[str, Any]]) -> float:
         """The loss normaliser of one optimizer step, summed over micro-batches and DP ranks."""
@@ -481,7 +528,6 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
         """One micro-batch: block-diffusion forward, 1/t CE, backward (AutoModel's DP convention)."""
         model = self.model_parts[0]
         inputs = self.build_model_inputs(batch, self.block_size)
-        keep = self.loss_positions(batch)
         sync_ctx = (
             get_sync_ctx(model, idx == num_batches - 1,
                          defer_fsdp_grad_sync=getattr(self.distributed_config, "defer_fsdp_grad_sync", True))
@@ -489,10 +535,7 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
             else nullcontext()
         )
         with sync_ctx:
-            if keep is not None:
-                inputs["logits_to_keep"] = keep
-            logits = model(**inputs).logits
-            loss = self.compute_loss(logits, batch, keep, self._loss_denominator)
+            loss = self.model_loss(model, inputs, batch, self._loss_denominator)
             loss_buffer.append(loss.detach().clone())
             if is_train:
                 # FSDP averages gradients over DP ranks; the loss is already a global mean.
@@ -508,10 +551,7 @@ class BardDiffusionRecipe(FinetuneRecipeForVLM):
             batch = self.apply_noise(batch, self.noise_generator(-1, i))
             denominator = batch["num_samples"] if self.bard.loss.normalization == "sample_mean" else int(batch["loss_mask"].sum())
             inputs = self.build_model_inputs(batch, self.block_size)
-            keep = self.loss_positions(batch)
-            if keep is not None:
-                inputs["logits_to_keep"] = keep
-            loss = self.compute_loss(self.model_parts[0](**inputs).logits, batch, keep, 1.0)
+            loss = self.model_loss(self.model_parts[0], inputs, batch, 1.0)
             total += loss.double().cpu()
             samples += int(denominator)
         total = self._dp_allreduce(total.reshape(1)).item()

@@ -8,7 +8,7 @@ bard:
   attention: auto            # text attention: flex (BlockMask) | sdpa (dense bool mask) | auto (flex on CUDA)
   vision_lr_multiplier: 0.1  # vision tower LR = optimizer LR x this (needs lr_scheduler)
   noise: {schedule: mask, eps: 0.001}        # schedule: mask | mixed
-  loss: {normalization: sample_mean, block_pad_weight: 0.5}   # or token_mean
+  loss: {normalization: sample_mean, block_pad_weight: 0.5, chunk_tokens: 2048}   # or token_mean; chunk 0 = off
   packing: {pack_size: null, pad_to_multiple_of: 1}
   seed: null                 # noise seed; default: the top-level seed
   trust_checkpoint_dir: false  # resume a folder without our run id (recipes/run_guard.py)
@@ -213,12 +213,19 @@ class NoiseSettings:
 
 @dataclass(frozen=True)
 class LossSettings:
-    """``bard.loss``: normalisation of the 1/t-weighted CE (diffusion/loss.py)."""
+    """``bard.loss``: normalisation of the 1/t-weighted CE (diffusion/loss.py), LM-head chunking.
+
+    ``chunk_tokens``: scored positions per chunk of the LM head + loss, each chunk's logits
+    recomputed in backward (diffusion/chunked_head.py); 0 computes all ``[N, V]`` logits at once.
+    """
 
     normalization: Literal["sample_mean", "token_mean"] = "sample_mean"
     block_pad_weight: float = 0.5
+    chunk_tokens: int = 2048
 
     def __post_init__(self) -> None:
+        if self.chunk_tokens < 0:
+            raise ValueError(f"bard.loss.chunk_tokens must be >= 0 (0 = no chunking), got {self.chunk_tokens}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(f"bard.loss.normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
         if self.block_pad_weight < 0:

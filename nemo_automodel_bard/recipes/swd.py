@@ -27,6 +27,7 @@ on CPU between forwards (``teacher.offload``, AutoModel's ``ScopedModuleOffloadi
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,7 @@ from nemo_automodel.components.training.utils import ScopedModuleOffloading
 from nemo_automodel.recipes.vlm.kd import _build_teacher_model
 from transformers import AutoConfig
 
+from nemo_automodel_bard.diffusion.chunked_head import chunked_teacher_topk
 from nemo_automodel_bard.diffusion.distill import (
     ar_block_ids,
     ar_source_index,
@@ -179,14 +181,22 @@ class BardSWDRecipe(BardDiffusionRecipe):
         """Teacher top-k ``(log_probs, index)``, ``[N, k]`` each, for ``batch['loss_mask']`` in row-major order.
 
         Only the scored positions' logits are computed (``logits_to_keep``), and only their
-        top-k survive this call: the ``[N, V]`` teacher logits are freed at once.
+        top-k survive this call. The anchor (a Bard-VL) takes them chunk by chunk inside its
+        forward (``bard.loss.chunk_tokens``): no ``[N, V]`` teacher logits at all. The AR
+        teacher (stock Qwen3-VL, no such hook) returns its ``[N, V]`` logits, freed at once.
         """
         device = self.dist_env.device
         select = batch["loss_mask"].to(device)
         inputs = self.teacher_inputs(batch)
+        distill = self.distill
         if self.teacher_settings.kind == "anchor":
-            inputs["logits_to_keep"] = select  # Bard-VL packs the kept rows: [N, V], row-major
+            inputs["logits_to_keep"] = select  # Bard-VL packs the kept rows: [N, ...], row-major
             source = None
+            chunk_tokens = self.bard.loss.chunk_tokens
+            if chunk_tokens > 0:
+                inputs["lm_head_fn"] = functools.partial(
+                    chunked_teacher_topk, chunk_tokens=chunk_tokens, top_k=distill.top_k, temperature=distill.temperature
+                )
         else:
             layout = [batch[k].to(device) for k in ("segment", "offset", "prompt_len", "doc")]
             source = ar_source_index(*layout)[select]  # [N] AR position predicting each scored token
@@ -195,38 +205,61 @@ class BardSWDRecipe(BardDiffusionRecipe):
             columns = source.unique()  # sorted; stock Qwen3-VL keeps a 1-D index of positions
             inputs["logits_to_keep"] = columns
         with ScopedModuleOffloading(self.teacher_model, enabled=getattr(self, "_offload_teacher", False)):
-            logits = self.teacher_model(**inputs).logits
+            output = self.teacher_model(**inputs)
+        if "lm_head_fn" in inputs:
+            return output.head_output
+        logits = output.logits
         if source is not None:
             rows = select.nonzero(as_tuple=True)[0]
             logits = logits[rows, torch.searchsorted(columns, source)]
-        return teacher_topk(logits, top_k=self.distill.top_k, temperature=self.distill.temperature)
+        return teacher_topk(logits, top_k=distill.top_k, temperature=distill.temperature)
 
     # ------------------------------------------------------------------ loss hooks
-    def compute_loss(
-        self, logits: torch.Tensor, batch: dict[str, Any], keep: torch.Tensor | None, denominator: float
-    ) -> torch.Tensor:
-        """``ce_weight * CE + kl_weight * KL`` on the scored positions (logits ``[N, V]``)."""
-        device = logits.device
+    def loss_targets(self, batch: dict[str, Any], keep: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """Per scored position (``batch['loss_mask']``, row-major): labels, CE and KL weights, the teacher's top-k."""
+        device = self._device()
         select = batch["loss_mask"].to(device)
-        if keep is None:  # the model returned [B, S, V]
-            logits = logits[select]
-        labels = batch["labels"].to(device)[select]
         kl_weights = distill_token_weights(select, batch["doc"].to(device), self.bard.loss.normalization)[select]
-        # PBM's 1/t weights (loss_weight, same normaliser) only when asked: upstream SWD drops them.
-        ce_weights = batch["loss_weight"].to(device)[select] if self.distill.ce_inverse_t else kl_weights
-        ce = weighted_cross_entropy(logits, labels, ce_weights, denominator)
-        loss = self.distill.ce_weight * ce
-        kl = torch.zeros((), device=device)
+        targets = {
+            "labels": batch["labels"].to(device)[select],
+            # PBM's 1/t weights (loss_weight, same normaliser) only when asked: upstream SWD drops them.
+            "ce_weights": batch["loss_weight"].to(device)[select] if self.distill.ce_inverse_t else kl_weights,
+            "kl_weights": kl_weights,
+        }
         if self.teacher_settings.kind != "none":
-            targets = self._teacher_targets if self._teacher_targets is not None else self.teacher_targets(batch)
-            per_token = topk_kl_to_student(
-                logits, *targets, temperature=self.distill.temperature, student_support=self.distill.student_support
-            )
-            kl = (per_token * kl_weights).sum() / denominator if denominator > 0 else per_token.sum() * 0.0
+            log_probs, index = self._teacher_targets if self._teacher_targets is not None else self.teacher_targets(batch)
+            targets.update(teacher_log_probs=log_probs, teacher_index=index)
+        return targets
+
+    def loss_terms(self, logits: torch.Tensor, targets: dict[str, torch.Tensor], denominator: float) -> torch.Tensor:
+        """``[CE, KL]`` of these rows (``[n, V]`` logits), each over the global ``denominator``."""
+        ce = weighted_cross_entropy(logits, targets["labels"], targets["ce_weights"], denominator)
+        if self.teacher_settings.kind == "none":
+            return torch.stack([ce, torch.zeros_like(ce)])
+        per_token = topk_kl_to_student(
+            logits, targets["teacher_log_probs"], targets["teacher_index"],
+            temperature=self.distill.temperature, student_support=self.distill.student_support,
+        )
+        kl = (per_token * targets["kl_weights"]).sum() / denominator if denominator > 0 else per_token.sum() * 0.0
+        return torch.stack([ce, kl])
+
+    def total_loss(self, terms: torch.Tensor) -> torch.Tensor:
+        """``ce_weight * CE + kl_weight * KL`` (the KL only with a teacher); both parts logged."""
+        ce, kl = terms[0], terms[1]
+        loss = self.distill.ce_weight * ce
+        if self.teacher_settings.kind != "none":
             loss = loss + self.distill.kl_weight * kl
         self._ce_buffer.append(ce.detach().float().reshape(()))
         self._kl_buffer.append(kl.detach().float().reshape(()))
         return loss
+
+    def compute_loss(
+        self, logits: torch.Tensor, batch: dict[str, Any], keep: torch.Tensor | None, denominator: float
+    ) -> torch.Tensor:
+        """``ce_weight * CE + kl_weight * KL`` on the scored positions (logits ``[N, V]``, or ``[B, S, V]``)."""
+        if keep is None:  # the model returned [B, S, V]
+            logits = logits[batch["loss_mask"].to(logits.device)]
+        return super().compute_loss(logits, batch, keep, denominator)
 
     def _forward_backward_step(self, idx, batch, **kwargs) -> None:
         """Teacher first (its transient memory never meets the student's activations), then the student step."""

@@ -41,6 +41,21 @@ def test_tracker_counts_what_the_step_holds_and_its_backward_peak():
     del kept, view
 
 
+def test_chunked_loss_head_holds_nothing_per_token_and_peaks_per_chunk():
+    """The measured head: all logits at once hold 6 x V bytes a loss token (PBM) until backward;
+    in 8-row chunks nothing grows with the tokens, and the backward peak follows the chunk."""
+    vocab = train_memory.PRESETS["qwen3vl-4b"]["text"]["vocab_size"]
+    run = lambda tokens, chunk: train_memory.measure_loss_head("qwen3vl-4b", tokens, "pbm", chunk_tokens=chunk)  # noqa: E731
+    full16, full32 = run(16, 0), run(32, 0)
+    assert sum(full32.held.values()) - sum(full16.held.values()) == pytest.approx(16 * 6 * vocab, rel=0.01)
+    chunk16, chunk32, wide32 = run(16, 8), run(32, 8), run(32, 16)
+    # a few bytes a chunk (its saved loss terms), nothing of vocabulary size
+    assert abs(sum(chunk32.held.values()) - sum(chunk16.held.values())) < 1024
+    assert chunk32.extra_linear == pytest.approx(chunk16.extra_linear, rel=0.01)  # more tokens, same chunk peak
+    assert wide32.extra_linear - chunk32.extra_linear == pytest.approx(8 * 12 * vocab, rel=0.05)  # 12 x V a chunk row
+    assert chunk32.extra_linear < full32.extra_linear + sum(full32.held.values()) - sum(full16.held.values())
+
+
 @pytest.mark.slow  # a meta-device build at real width: ~30-80 s on the shared 2-core machine
 def test_param_counts_match_a_full_meta_build():
     # 1-layer build scaled vs the whole 36-layer builds (scale_facts.md: 4.438B, 8.767B).

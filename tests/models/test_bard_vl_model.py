@@ -143,6 +143,24 @@ def test_logits_are_unshifted_and_match_stock_qwen3vl(image_batch):
     torch.testing.assert_close(packed, ours[0, [2, 5]])
 
 
+def test_lm_head_fn_gets_the_kept_hidden_states_and_the_head_weight(image_batch):
+    """``lm_head_fn(hidden, weight)`` sees exactly what the LM head would: its result is the logits' function."""
+    model = tiny_model()
+    tokens, mask, positions, segment = _training_inputs(model, image_batch)
+    mask, select = mask[:, None], segment == NOISY
+    logits = _forward(model, tokens, mask, positions, image_batch, logits_to_keep=select)
+    seen = {}
+
+    def head(hidden, weight):
+        seen["weight"] = weight
+        return (hidden @ weight.T).square().sum()
+
+    out = model(input_ids=tokens, attention_mask=mask, position_ids=positions, pixel_values=image_batch["pixel_values"],
+                image_grid_thw=image_batch["image_grid_thw"], logits_to_keep=select, lm_head_fn=head)
+    assert out.logits is None and seen["weight"] is model.lm_head.weight
+    torch.testing.assert_close(out.head_output, logits.square().sum())
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

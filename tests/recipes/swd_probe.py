@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from torch.distributed.fsdp import FSDPModule
 from nemo_automodel.components.config._arg_parser import parse_args_and_load_config
 
 from nemo_automodel_bard.recipes.swd import BardSWDRecipe
@@ -50,10 +51,14 @@ def main() -> None:
         assert not changed, f"teacher weights changed: {changed[:5]}"
     student_after = _full_state(recipe.model_parts[0])
     assert any(not torch.equal(student_before[n], student_after[n]) for n in student_after), "student did not train"
+    # The LM head trains too (with bard.loss.chunk_tokens its gradient comes from the chunked loss).
+    assert not torch.equal(student_before["lm_head.weight"], student_after["lm_head.weight"]), "LM head did not train"
+    head_unit = isinstance(recipe.model_parts[0].lm_head, FSDPModule)  # untied: its own FSDP unit
     if dist.get_rank() == 0:
         out.mkdir(parents=True, exist_ok=True)
         torch.save(student_after, out / "student_final.pt")
-    print(f"SWD_PROBE_OK rank={dist.get_rank()} teacher={'yes' if teacher is not None else 'no'}", flush=True)
+    print(f"SWD_PROBE_OK rank={dist.get_rank()} teacher={'yes' if teacher is not None else 'no'} "
+          f"head_unit={'yes' if head_unit else 'no'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,28 @@ def test_bad_values_are_refused():
         BardSettings.from_mapping({"loss": {"normalization": "mean"}})
 
 
+@pytest.mark.parametrize(
+    "value, match",
+    [(-1, r"bard.loss.chunk_tokens must be >= 0"), (512.5, r"bard.loss.chunk_tokens: expected an integer, got 512.5"),
+     (True, r"bard.loss.chunk_tokens: expected an integer, got True"), ("2k", r"expected an integer, got '2k'")],
+)
+def test_loss_chunk_tokens_is_checked(value, match):
+    with pytest.raises(ValueError, match=match):
+        BardSettings.from_mapping({"loss": {"chunk_tokens": value}})
+
+
+def test_loss_chunk_tokens_default_and_off():
+    assert BardSettings.from_mapping({}).loss.chunk_tokens == 2048
+    assert BardSettings.from_mapping({"loss": {"chunk_tokens": 0}}).loss.chunk_tokens == 0
+    from nemo_automodel_bard.recipes.config_check import check_config
+
+    config = yaml.safe_load((RECIPES / "bard_swd_qwen3vl_8b.yaml").read_text())
+    assert config["bard"]["loss"]["chunk_tokens"] == 2048  # on in the 4B/8B YAMLs
+    config["bard"]["loss"]["chunk_tokens"] = -5
+    with pytest.raises(ConfigKeyError, match=r"bard.loss.chunk_tokens must be >= 0"):
+        check_config(config, frozenset({"teacher", "teacher_model", "teacher_freeze_config", "distill"}))
+
+
 def test_pbm_stage_keys():
     stages = PBMSettings.from_mapping({"stages": [{"block_size": 4, "max_steps": 3, "optimizer.lr": 1e-4}]}, KNOWN).stages
     assert stages[0].overrides == {"step_scheduler.max_steps": 3, "optimizer.lr": 1e-4}

@@ -13,6 +13,7 @@ References are independent of the recipe's code path:
 
 from __future__ import annotations
 
+import copy
 import math
 from types import SimpleNamespace
 
@@ -65,13 +66,13 @@ def tiny(tmp_path_factory):
     return SimpleNamespace(processor=processor, batch=batch, student=student, anchor=anchor, ar=ar, config=config)
 
 
-def _recipe(kind, teacher, student, normalization="sample_mean", **distill):
+def _recipe(kind, teacher, student, normalization="sample_mean", chunk_tokens=0, **distill):
     """A recipe object with just what the hooks read (setup() would build models and data)."""
     cfg = {
         "recipe": {"_target_": "nemo_automodel_bard.recipes.swd.BardSWDRecipe"},
         "model": {"_target_": "nemo_automodel.NeMoAutoModelForImageTextToText.from_pretrained"},
         "teacher": {"kind": kind},
-        "bard": {"block_size": STUDENT_B, "loss": {"normalization": normalization}},
+        "bard": {"block_size": STUDENT_B, "loss": {"normalization": normalization, "chunk_tokens": chunk_tokens}},
         "distill": distill,
     }
     if kind != "none":
@@ -260,3 +261,35 @@ def test_distill_token_weights_against_a_loop():
                 want[r, i] = 1.0 / sum(bool(loss_mask[r, j]) and doc[r, j] == doc[r, i] for j in range(8))
     assert torch.equal(got, want)
     assert torch.equal(distill_token_weights(loss_mask, doc, "token_mean"), loss_mask.float())
+
+
+@pytest.mark.parametrize(("kind", "support"), [("anchor", "topk"), ("anchor", "full"), ("none", "topk")])
+def test_chunked_loss_head_gives_the_unchunked_step(tiny, kind, support):
+    """One SWD step with bard.loss.chunk_tokens on: teacher top-k, loss, CE/KL parts, gradients and update as with it off."""
+    batch = tiny.batch
+    scored = int(batch["loss_mask"].sum())
+    assert scored > 2 * 5
+    steps = {}
+    for chunk in (0, 5):
+        student = copy.deepcopy(tiny.student).train()
+        recipe = _recipe(kind, tiny.anchor if kind == "anchor" else None, student, chunk_tokens=chunk,
+                         kl_weight=0.3, top_k=6, student_support=support)
+        targets = recipe.teacher_targets(batch) if kind == "anchor" else None
+        recipe._teacher_targets = targets
+        loss = recipe.model_loss(student, recipe.build_model_inputs(batch, STUDENT_B), batch, float(batch["num_samples"]))
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+        torch.optim.SGD(student.parameters(), lr=0.1).step()  # AdamW would amplify rounding where |grad| ~ eps
+        params = {n: p.detach().clone() for n, p in student.named_parameters()}
+        steps[chunk] = (targets, loss.detach(), recipe._ce_buffer[-1], recipe._kl_buffer[-1], grads, params)
+    (t_on, *on), (t_off, *off) = steps[5], steps[0]
+    if kind == "anchor":
+        torch.testing.assert_close(t_on[0], t_off[0], atol=1e-6, rtol=1e-6)
+        assert torch.equal(t_on[1], t_off[1])
+        assert off[2] > 0  # the KL part is really there
+    for got, want in zip(on[:3], off[:3]):
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+    assert on[3].keys() == off[3].keys() and "lm_head.weight" in on[3]
+    for table_on, table_off in zip(on[3:], off[3:]):
+        for name in table_off:
+            torch.testing.assert_close(table_on[name], table_off[name], atol=1e-6, rtol=1e-5, msg=lambda m: f"{name}: {m}")

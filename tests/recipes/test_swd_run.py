@@ -1,7 +1,8 @@
 """End-to-end SWD runs on CPU (gloo, FSDP2, fp32) with tiny self-made checkpoints.
 
-* 2 processes under torchrun (``swd_probe.py``): both ranks check that the anchor teacher got
-  no gradients and kept its weights; the consolidated checkpoint loads with no missing or
+* 2 processes under torchrun (``swd_probe.py``), the LM head + loss in 16-row chunks
+  (``bard.loss.chunk_tokens``): both ranks check that the anchor teacher got no gradients and
+  kept its weights and that the student's LM head trained; the consolidated checkpoint loads with no missing or
   unexpected keys and holds exactly the trained student (the teacher is not saved).
 * ``bard finetune --recipe bard_swd`` (the packaged launcher, one process) with the AR
   teacher, and the refusal of a teacher with another vocabulary.
@@ -84,10 +85,13 @@ def test_two_process_swd_run_keeps_teacher_frozen_and_saves_the_student(assets, 
         str(PROBE), "-c", str(YAML), f"--probe_out={tmp_path / 'probe'}",
         f"--teacher_model.pretrained_model_name_or_path={assets['anchor']}",
         f"--checkpoint.checkpoint_dir={ckpt}", "--step_scheduler.max_steps=2", "--step_scheduler.ckpt_every_steps=2",
+        "--bard.loss.chunk_tokens=16",  # several chunks of the student's loss and the anchor's top-k
     ]
     result = subprocess.run(command, env=_env(assets), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
     assert result.stdout.count("SWD_PROBE_OK") == 2 and "teacher=yes" in result.stdout
+    # the untied head is its own FSDP2 unit: the chunked loss gathered it inside the forward
+    assert result.stdout.count("head_unit=yes") == 2
 
     final = _final_consolidated(ckpt)
     model, info = BardVLForConditionalGeneration.from_pretrained(final, output_loading_info=True)

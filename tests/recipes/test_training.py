@@ -136,6 +136,25 @@ def test_two_ranks_under_torchrun_reduce_the_loss(assets):
     assert after < 0.8 * before, (before, after)
 
 
+@pytest.mark.slow  # two 2-rank runs: 165 s on the shared 2-core CPU
+def test_two_ranks_chunked_loss_head_logs_the_unchunked_losses(assets):
+    """FSDP2 on 2 gloo ranks, the tiny model's untied LM head (its own FSDP unit, gathered by
+    Bard-VL's forward for the chunked loss): 3 steps with 16-row chunks log the losses of the
+    unchunked run; steps 1 and 2 only match if the head's gradients were reduced and applied."""
+    env = {**os.environ, "BARD_TINY_DIR": str(assets), "OMP_NUM_THREADS": "1"}
+    losses = {}
+    for chunk in (0, 16):
+        ckpt = assets / f"chunk_{chunk}"
+        cmd = [sys.executable, "-m", "nemo_automodel_bard.cli", "finetune", "--recipe", "bard_pbm_tiny",
+               "--nproc-per-node", "2", "--pbm.stages=[{block_size: 4, max_steps: 3}]", f"--checkpoint.checkpoint_dir={ckpt}",
+               "--step_scheduler.ckpt_every_steps=100", f"--bard.loss.chunk_tokens={chunk}"]
+        result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        losses[chunk] = _losses(ckpt / "stage_0_b4" / "training.jsonl")
+    assert sorted(losses[0]) == [0, 1, 2]
+    assert losses[16] == pytest.approx(losses[0], rel=1e-5, abs=1e-6)
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_matches_the_uninterrupted_run(assets):
     """A real kill (SIGKILL once the first checkpoint is on disk), then the same command again."""

@@ -11,6 +11,10 @@ vision tower, DeepStack, FSDP2 parallelizer and HF checkpointing are inherited:
   model cannot infer them;
 * logits are **unshifted** (logit ``i`` predicts token ``i``) and ``forward`` never computes a
   loss: HF's shifted next-token loss is wrong for diffusion, so ``labels`` are refused;
+* ``lm_head_fn`` replaces the LM head on the kept positions by the caller's function of
+  ``(hidden [N, H], head weight [V, H])`` (the recipes' chunked loss and teacher top-k,
+  ``diffusion/chunked_head.py``); it runs inside this forward because that is where FSDP2
+  has the head's weight unsharded;
 * ``generate`` is exact-cache block-diffusion decoding (``nemo_automodel_bard.generation``).
 """
 
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from nemo_automodel.components.models.qwen3_vl.model import (
@@ -35,13 +39,25 @@ try:  # FlexAttention is optional (absent on some builds)
 except ImportError:  # pragma: no cover
     BlockMask = ()  # type: ignore[assignment,misc]
 
-__all__ = ["BardVLForConditionalGeneration", "MASK_ATTENTION_IMPLEMENTATIONS", "TEXT_ATTENTION_IMPLEMENTATIONS"]
+__all__ = [
+    "BardVLForConditionalGeneration",
+    "BardVLOutput",
+    "MASK_ATTENTION_IMPLEMENTATIONS",
+    "TEXT_ATTENTION_IMPLEMENTATIONS",
+]
 
 # Attention backends that honour an arbitrary 4-D additive mask. flash_attention_* ignore it
 # (bard_spec.md section 1), so they are refused rather than silently wrong.
 MASK_ATTENTION_IMPLEMENTATIONS = ("sdpa", "eager")
 # What the text layers may run: the dense-mask backends, or FlexAttention with a BlockMask.
 TEXT_ATTENTION_IMPLEMENTATIONS = (*MASK_ATTENTION_IMPLEMENTATIONS, "flex_attention")
+
+
+@dataclass
+class BardVLOutput(Qwen3VLCausalLMOutputWithPast):
+    """Qwen3-VL's output plus ``head_output``: what ``lm_head_fn`` returned (``logits`` is then None)."""
+
+    head_output: Any = None
 
 
 class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
@@ -225,8 +241,9 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         mm_token_type_ids: torch.IntTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        lm_head_fn: Callable[[torch.Tensor, torch.Tensor], Any] | None = None,
         **kwargs: Any,
-    ) -> Qwen3VLCausalLMOutputWithPast:
+    ) -> BardVLOutput:
         """Block-diffusion forward returning unshifted logits.
 
         Args:
@@ -241,10 +258,16 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
             logits_to_keep: ``0`` all, ``int k`` the last ``k`` positions, a 1-D index tensor,
                 a 2-D bool ``[B, Q]`` selection (returns packed ``[N, V]`` logits) or a 2-D int
                 ``[B, K]`` gather.
+            lm_head_fn: run instead of the LM head as ``lm_head_fn(hidden, weight)`` on the
+                kept hidden states (``[N, H]`` for a bool ``logits_to_keep``) and the head's
+                ``[V, H]`` weight, e.g. a loss computed in chunks of rows so that ``[N, V]``
+                logits never exist. It runs here, not on returned logits, because under FSDP2
+                the head's weight is only unsharded inside this forward (and its backward).
 
         Returns:
-            ``Qwen3VLCausalLMOutputWithPast`` with ``logits [B, kept, V]`` (or ``[N, V]``),
-            where the logit at position ``i`` predicts token ``i``; ``loss`` is always None.
+            ``BardVLOutput`` with ``logits [B, kept, V]`` (or ``[N, V]``), where the logit at
+            position ``i`` predicts token ``i``, or with ``logits=None`` and ``head_output``
+            when ``lm_head_fn`` is given; ``loss`` is always None.
         """
         del mm_token_type_ids  # positions are explicit
         if labels is not None:
@@ -278,14 +301,34 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
                 **kwargs,
             )
         hidden = _select_positions(outputs.last_hidden_state, logits_to_keep)
-        return Qwen3VLCausalLMOutputWithPast(
+        head_output = None if lm_head_fn is None else lm_head_fn(hidden, self._lm_head_weight())
+        return BardVLOutput(
             loss=None,
-            logits=self.lm_head(hidden),
+            logits=self.lm_head(hidden) if lm_head_fn is None else None,
+            head_output=head_output,
             past_key_values=outputs.past_key_values,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
             rope_deltas=None,
         )
+
+    def _lm_head_weight(self) -> torch.Tensor:
+        """The LM head's weight as its forward would use it (unsharded under FSDP2).
+
+        A tied head belongs to the root FSDP unit, unsharded for this whole forward. An untied
+        one is its own unit (AutoModel shards it apart, kept gathered after forward), only
+        gathered when its forward runs: ``unshard()`` gathers it the same way; the root's
+        end-of-backward callback then reduce-scatters its gradient and reshards it.
+        """
+        head = self.lm_head
+        if getattr(head, "bias", None) is not None:
+            raise ValueError("lm_head_fn needs a bias-free linear LM head (Qwen3-VL's has none)")
+        if hasattr(head.weight, "full_tensor") and hasattr(head, "unshard"):  # a sharded FSDP2 unit
+            head.unshard()
+        weight = head.weight
+        if hasattr(weight, "full_tensor"):
+            raise ValueError(f"the LM head's weight is still sharded ({type(weight).__name__}) inside the forward")
+        return weight
 
     # ------------------------------------------------------------------ decoding
     def generate(
