@@ -1,6 +1,7 @@
 """Tiny word-level tokenizer + Qwen3-VL processor and the tiny AR Qwen3-VL config of the toy task.
 
-Everything is built locally (no hub). The tokenizer is a ``tokenizers`` WordLevel model
+Everything is built locally (no hub). The words are the toy task's, or those of a dataset's
+training split (:func:`words_of`, ``bard demo --data DIR``); the specials always take ids 0..8. The tokenizer is a ``tokenizers`` WordLevel model
 split on whitespace, wrapped in ``PreTrainedTokenizerFast``, with the Qwen chat specials,
 a mask token and a Qwen-style chat template. The image processor uses patch 16 / merge 2 and
 ``image_mean=1, image_std=0.5``: white maps to 0, which keeps the mostly-white toy images
@@ -9,12 +10,14 @@ from collapsing to one vision feature (toy_feasibility.md, "What failed").
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 from nemo_automodel_bard.toy.task import COLOURS, SEPARATOR, STOP, TASKS
 
-__all__ = ["SPECIALS", "MASK_TOKEN", "vocabulary", "build_tokenizer", "build_processor", "ar_config", "save_processor"]
+__all__ = ["SPECIALS", "MASK_TOKEN", "ROLE_WORDS", "vocabulary", "words_of", "build_tokenizer", "build_processor",
+           "ar_config", "save_processor"]
 
 MASK_TOKEN = "<|mask|>"
 SPECIALS = [
@@ -43,20 +46,33 @@ CHAT_TEMPLATE = (
 PATCH, MERGE = 16, 2
 
 
-def vocabulary() -> list[str]:
-    """All tokens, specials first (ids 0..8), then the words of the task."""
-    words = ["system", "user", "assistant"] + [str(d) for d in range(10)] + list(COLOURS) + [SEPARATOR, STOP]
+ROLE_WORDS = ("system", "user", "assistant")  # the chat template's role names
+
+
+def _toy_words() -> list[str]:
+    words = [str(d) for d in range(10)] + list(COLOURS) + [SEPARATOR, STOP]
     for question in TASKS.values():
         words += [w for w in question.split() if w not in words]
-    return SPECIALS + words
+    return words
 
 
-def build_tokenizer():
+def words_of(texts: Iterable[str]) -> list[str]:
+    """The distinct whitespace-separated words of ``texts``, in order of first appearance."""
+    return list(dict.fromkeys(w for text in texts for w in text.split()))
+
+
+def vocabulary(words: Sequence[str] | None = None) -> list[str]:
+    """All tokens: specials first (ids 0..8), the role names, then ``words`` (default: the toy task's)."""
+    words = _toy_words() if words is None else words
+    return list(dict.fromkeys([*SPECIALS, *ROLE_WORDS, *words]))
+
+
+def build_tokenizer(words: Sequence[str] | None = None):
     """``PreTrainedTokenizerFast`` over :func:`vocabulary`; whitespace separates words."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(vocabulary())}
+    vocab = {tok: i for i, tok in enumerate(vocabulary(words))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.decoder = decoders.WordPiece(prefix="##", cleanup=False)  # joins words with spaces
@@ -71,11 +87,15 @@ def build_tokenizer():
     )
 
 
-def build_processor():
+def build_processor(words: Sequence[str] | None = None):
     """``Qwen3VLProcessor``: the word tokenizer + patch-16/merge-2 image and video processors."""
     from transformers import Qwen3VLProcessor
-    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
-    from transformers.models.qwen3_vl.video_processing_qwen3_vl import Qwen3VLVideoProcessor
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import (
+        Qwen2VLImageProcessor,
+    )
+    from transformers.models.qwen3_vl.video_processing_qwen3_vl import (
+        Qwen3VLVideoProcessor,
+    )
 
     unit = PATCH * MERGE
     # min = one cell; max = 16 cells: the toy images (32 x 32n px) are never resized.
@@ -87,30 +107,33 @@ def build_processor():
     )
     return Qwen3VLProcessor(
         image_processor=image_processor,
-        tokenizer=build_tokenizer(),
+        tokenizer=build_tokenizer(words),
         video_processor=video_processor,
         chat_template=CHAT_TEMPLATE,
     )
 
 
-def save_processor(path: str | Path):
+def save_processor(path: str | Path, words: Sequence[str] | None = None):
     """Build the processor, ``save_pretrained`` it to ``path``, return it."""
-    processor = build_processor()
+    processor = build_processor(words)
     processor.save_pretrained(str(path))
     return processor
 
 
-def ar_config(**text_overrides: Any):
+def ar_config(vocab_size: int | None = None, **text_overrides: Any):
     """The tiny autoregressive ``Qwen3VLConfig`` of the toy (about 3 M parameters).
+
+    ``vocab_size``: the tokenizer's length (default: the toy vocabulary's); special ids are
+    fixed by :data:`SPECIALS`, whatever the words.
 
     Text: hidden 192, 3 layers, 3 heads x 64 (no GQA), interleaved
     mRoPE ``[8, 12, 12]``. Vision: depth 2, hidden 128, patch 16, merge 2, DeepStack ``[0]``.
     """
     from transformers import Qwen3VLConfig
 
-    tokenizer_ids = {tok: i for i, tok in enumerate(vocabulary())}
+    tokenizer_ids = {tok: i for i, tok in enumerate(SPECIALS)}
     text = dict(
-        vocab_size=len(vocabulary()),
+        vocab_size=vocab_size or len(vocabulary()),
         hidden_size=192,
         intermediate_size=512,
         num_hidden_layers=3,

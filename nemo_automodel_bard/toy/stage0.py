@@ -1,21 +1,23 @@
-"""Stage 0 of the toy through AutoModel's VLM fine-tune recipe (``FinetuneRecipeForVLM``).
+"""Stage 0 of the toy: the AR Qwen3-VL trained by AutoModel's VLM fine-tune recipe.
 
-The same tiny AR Qwen3-VL, init and curriculum as :mod:`~nemo_automodel_bard.toy.train_ar`,
-trained by AutoModel's stock recipe driven by the packaged ``recipes/toy_ar.yaml``:
+``FinetuneRecipeForVLM``, driven by the packaged ``recipes/toy_ar.yaml``:
 
-* random init: ``train_ar.build_model`` (vision-merger scale matched on the first batch of
-  phase 1), saved with the processor to ``<work>/init``;
-* one recipe run per curriculum phase (``step_scheduler.max_steps`` = the phase's steps, its
-  own warmup + cosine schedule and a fresh optimizer, like train_ar's phases), the data of
-  ``train_ar.phase_records`` written to ``<work>/phase_<i>/train.jsonl``; phase ``i > 0``
-  starts from phase ``i-1``'s consolidated HF export, chained like PBM stages
-  (``recipes/pbm.py``: ``<work>/ckpt/phase_<i>/hf``; a finished phase is skipped on a re-run);
+* random init: :func:`~nemo_automodel_bard.toy.ar_model.build_model` (vision-merger scale
+  matched on the first batch of phase 1), saved with the processor to ``<work>/init``; the
+  processor is the toy's word-level one, or ``--processor DIR`` (one saved by
+  :func:`~nemo_automodel_bard.toy.processor.save_processor`, e.g. over a dataset's words);
+* one recipe run per curriculum phase (``toy/curriculum.py``; ``step_scheduler.max_steps`` =
+  the phase's steps, its own warmup + cosine schedule and a fresh optimizer), the phase's rows
+  written to ``<work>/phase_<i>/train.jsonl``; phase ``i > 0`` starts from phase ``i-1``'s
+  consolidated HF export, chained like PBM stages (``recipes/pbm.py``:
+  ``<work>/ckpt/phase_<i>/hf``; a finished phase is skipped on a re-run);
 * data: the project's ``BardChatDataset`` (tokenised once, :func:`build_cached_dataset`) and
   :func:`ar_collate` (AutoModel's pre-shifted next-token labels: the answer and ``<|im_end|>``).
 
 The last export is copied to ``--out`` with the processor and a ``train_log.json``.
 
 ``python -m nemo_automodel_bard.toy.stage0 --data DIR --out CKPT --curriculum default``
+(``--curriculum train:STEPS`` for any dataset in the ``messages`` schema).
 """
 
 from __future__ import annotations
@@ -31,21 +33,20 @@ from typing import Any
 import torch
 import yaml
 
-from nemo_automodel_bard.toy.train_ar import (
+from nemo_automodel_bard.toy.ar_model import build_model, collate
+from nemo_automodel_bard.toy.curriculum import (
     DEFAULT_CURRICULUM,
     Phase,
-    build_model,
-    collate,
-    encode_example,
     parse_curriculum,
     phase_records,
 )
 
-__all__ = ["YAML_NAME", "ar_collate", "build_cached_dataset", "prepare_phases", "save_init", "base_config",
+__all__ = ["YAML_NAME", "ar_collate", "build_cached_dataset", "load_processor", "prepare_phases", "save_init",
+           "base_config",
            "phase_config", "run_phase", "train", "main"]
 
 YAML_NAME = "toy_ar.yaml"
-# Mergers too: train_ar puts every ``visual`` parameter in the vision LR group, while
+# Mergers too: every ``visual`` parameter is in the vision LR group, while
 # block_diffusion's VISION_TOWER_PATTERN covers only patch/pos embeddings and blocks.
 MERGER_PATTERN = r"(^|\.)model\.visual\.(merger|deepstack_merger_list)\."
 _TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")
@@ -69,7 +70,7 @@ def ar_collate(examples: list[dict[str, Any]], processor: Any) -> dict[str, torc
             "pixel_values": ex["pixel_values"],
             "image_grid_thw": ex["image_grid_thw"],
         })
-    batch = collate(encoded, tokenizer.pad_token_id, image_id)  # train_ar's right padding
+    batch = collate(encoded, tokenizer.pad_token_id, image_id)  # right padding
     shifted = {k: v[:, :-1] for k, v in batch.items() if k in _TOKEN_KEYS}
     shifted["labels"] = batch["labels"][:, 1:].contiguous()
     return {**batch, **shifted}
@@ -79,8 +80,7 @@ def build_cached_dataset(path_or_dataset: str | list[str], **kwargs: Any) -> Any
     """``build_chat_dataset`` whose samples are tokenised once (dataset ``_target_`` of toy_ar.yaml).
 
     The toy's phases revisit the same few hundred rows for thousands of steps; re-running the
-    processor on 16 images per step costs ~0.08 s (~50% of a CPU step), and train_ar encodes
-    once too. An index always maps to the same sample, so memoising is exact.
+    processor on 16 images per step costs ~0.08 s (~50% of a CPU step). An index always maps to the same sample, so memoising is exact.
     """
     from nemo_automodel_bard.data.dataset import BardChatDataset
 
@@ -102,7 +102,7 @@ def _write_jsonl(path: Path, records: list[dict]) -> Path:
 
 def prepare_phases(curriculum: list[Phase], data_dir: Path, work_dir: Path, *, data_seed: int,
                    batch_size: int) -> list[tuple[Path, Path, int]]:
-    """Write each phase's records (``train_ar.phase_records``); returns ``(jsonl, image root, rows)``.
+    """Write each phase's records (``curriculum.phase_records``); returns ``(jsonl, image root, rows)``.
 
     All phases are checked before any training: an empty phase, or one with fewer rows than a
     batch (the loader drops incomplete batches), raises ValueError.
@@ -121,17 +121,36 @@ def prepare_phases(curriculum: list[Phase], data_dir: Path, work_dir: Path, *, d
     return out
 
 
-def save_init(init_dir: Path, jsonl: Path, root: Path, *, seed: int, batch_size: int) -> Path:
-    """train_ar's random init (vision scale matched on the first batch) + processor, saved."""
-    from nemo_automodel_bard.toy.processor import build_processor
+def load_processor(processor_dir: str | Path | None = None) -> Any:
+    """The toy's word-level processor, or one saved by ``toy.processor.save_processor`` (checked)."""
+    from nemo_automodel_bard.toy.processor import SPECIALS, build_processor
+
+    if processor_dir is None:
+        return build_processor()
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(processor_dir))
+    ids = processor.tokenizer.convert_tokens_to_ids(SPECIALS)
+    if ids != list(range(len(SPECIALS))):
+        raise ValueError(f"{processor_dir}: not a processor of nemo_automodel_bard.toy.processor (special tokens "
+                         f"{SPECIALS} must have ids 0..{len(SPECIALS) - 1}, found {ids})")
+    return processor
+
+
+def save_init(init_dir: Path, jsonl: Path, root: Path, *, seed: int, batch_size: int,
+              processor: Any = None) -> Path:
+    """The random init (vision scale matched on the first batch) + processor, saved."""
+    from nemo_automodel_bard.toy.ar_model import encode_example
+    from nemo_automodel_bard.toy.processor import ar_config
 
     if (init_dir / "config.json").is_file():
         return init_dir  # re-run: keep the init the finished phases started from
-    processor = build_processor()
+    processor = processor if processor is not None else load_processor()
     lines = jsonl.read_text(encoding="utf-8").splitlines()[:batch_size]
     examples = [encode_example(processor, json.loads(line), root) for line in lines]
     image_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
-    model = build_model(seed, collate(examples, processor.tokenizer.pad_token_id, image_id))
+    config = ar_config(vocab_size=len(processor.tokenizer))
+    model = build_model(seed, collate(examples, processor.tokenizer.pad_token_id, image_id), config)
     model.save_pretrained(init_dir, safe_serialization=True)
     processor.save_pretrained(str(init_dir))
     return init_dir
@@ -165,7 +184,7 @@ def phase_config(base: dict[str, Any], index: int, phase: Phase, jsonl: Path, ro
     from nemo_automodel_bard.recipes.pbm import stage_config
 
     lr = float(base["optimizer"]["lr"])
-    # train_ar._lr_factor: (step+1)/warmup, then cosine to 10%; AutoModel needs warmup < steps
+    # (step+1)/warmup, then cosine to 10%; AutoModel needs warmup < steps
     warmup = min(max(1, phase.steps // 20), phase.steps - 1)
     overrides = {
         "step_scheduler.max_steps": phase.steps,
@@ -208,15 +227,15 @@ def _phase_metrics(directory: Path, started: float) -> dict[str, Any]:
 
 def train(data_dir: str | Path, out_dir: str | Path, work_dir: str | Path, *, curriculum: list[Phase],
           batch_size: int = 16, lr: float = 3e-3, vision_lr_multiplier: float = 3.0, seed: int = 0,
-          data_seed: int = 0) -> dict:
+          data_seed: int = 0, processor_dir: str | Path | None = None) -> dict:
     """Run every phase through the recipe, copy the last export to ``out_dir``; returns the log."""
     from nemo_automodel_bard.recipes.pbm import _export
-    from nemo_automodel_bard.toy.processor import build_processor
 
     data_dir, out_dir, work_dir = Path(data_dir), Path(out_dir), Path(work_dir)
     t0 = time.time()
+    processor = load_processor(processor_dir)
     phase_data = prepare_phases(curriculum, data_dir, work_dir, data_seed=data_seed, batch_size=batch_size)
-    init = save_init(work_dir / "init", *phase_data[0][:2], seed=seed, batch_size=batch_size)
+    init = save_init(work_dir / "init", *phase_data[0][:2], seed=seed, batch_size=batch_size, processor=processor)
     base = base_config(init, work_dir / "ckpt", batch_size=batch_size, lr=lr,
                        vision_lr_multiplier=vision_lr_multiplier, seed=seed)
     prepare_s, previous, phases_log, history = time.time() - t0, None, [], []
@@ -231,12 +250,12 @@ def train(data_dir: str | Path, out_dir: str | Path, work_dir: str | Path, *, cu
         metrics = _phase_metrics(directory, t_phase)
         losses = metrics.pop("losses")
         history += losses
-        phases_log.append({"tasks": list(phase.tasks), "cells": [phase.min_cells, phase.max_cells],
+        phases_log.append({"phase": str(phase), "tasks": list(phase.tasks), "cells": [phase.min_cells, phase.max_cells],
                            "steps": len(losses), "examples": rows, "final_loss": losses[-1] if losses else None,
                            "train_s": time.time() - t_phase, **metrics, "export": str(export)})
         previous = export
     shutil.copytree(previous.resolve(), out_dir, dirs_exist_ok=True)
-    build_processor().save_pretrained(str(out_dir))  # the processor files evaluate.load_ar reads
+    processor.save_pretrained(str(out_dir))  # the processor files evaluate.load_ar reads
     log = {"steps": len(history), "final_loss": history[-1] if history else None, "prepare_s": prepare_s,
            "train_s": time.time() - t0 - prepare_s, "phases": phases_log,
            "loss_history": history[:: max(1, len(history) // 100)]}
@@ -246,10 +265,13 @@ def train(data_dir: str | Path, out_dir: str | Path, work_dir: str | Path, *, cu
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", required=True, help="folder with train.jsonl (toy/task.py)")
+    parser.add_argument("--data", required=True, help="folder with train.jsonl (toy/task.py or any messages-schema data)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--curriculum", default="default",
-                        help=f"'default' ({DEFAULT_CURRICULUM}) or phases TASKS:LO-HI:STEPS,...")
+                        help=f"'default' ({DEFAULT_CURRICULUM}), toy phases TASKS:LO-HI:STEPS,... "
+                             "or train:STEPS (every train.jsonl row)")
+    parser.add_argument("--processor", default=None,
+                        help="a processor saved by toy.processor.save_processor (default: the toy task's words)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--vision-lr-multiplier", type=float, default=3.0)
@@ -260,7 +282,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     work = Path(args.work_dir) if args.work_dir else Path(f"{str(args.out).rstrip('/')}.work")
     log = train(args.data, args.out, work, curriculum=parse_curriculum(args.curriculum), batch_size=args.batch_size,
-                lr=args.lr, vision_lr_multiplier=args.vision_lr_multiplier, seed=args.seed, data_seed=args.data_seed)
+                lr=args.lr, vision_lr_multiplier=args.vision_lr_multiplier, seed=args.seed, data_seed=args.data_seed,
+                processor_dir=args.processor)
     args_text = " ".join(sys.argv[1:] if argv is None else argv)
     log = {"command": f"python -m nemo_automodel_bard.toy.stage0 {args_text}", **log}
     (Path(args.out) / "train_log.json").write_text(json.dumps(log, indent=1))

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from transformers import AutoProcessor
 
-from nemo_automodel_bard.toy.processor import MASK_TOKEN, SPECIALS, ar_config, build_processor, vocabulary
+from nemo_automodel_bard.toy.processor import (
+    MASK_TOKEN,
+    SPECIALS,
+    ar_config,
+    build_processor,
+    vocabulary,
+)
 from nemo_automodel_bard.toy.task import COLOURS, TASKS, answer_for, render
 
 
@@ -49,3 +55,21 @@ def test_one_merged_vision_token_per_cell_and_roundtrip(processor, cells):
     # the answer words come back unchanged after the assistant header
     decoded = processor.tokenizer.decode(ids, skip_special_tokens=True)
     assert decoded.endswith("assistant " + answer)
+
+
+def test_dataset_words_processor_keeps_special_ids_and_sizes_the_config(tmp_path):
+    words = ["circle", "and", "square", "what", "?", "user"]  # a role word twice is kept once
+    path = tmp_path / "p"
+    build_processor(words).save_pretrained(str(path))
+    tok = AutoProcessor.from_pretrained(str(path)).tokenizer
+    assert [tok.convert_tokens_to_ids(t) for t in SPECIALS] == list(range(len(SPECIALS)))
+    assert len(tok) == len(SPECIALS) + 3 + 5 == ar_config(vocab_size=len(tok)).text_config.vocab_size
+    ids = tok("circle and square", add_special_tokens=False)["input_ids"]
+    assert tok.unk_token_id not in ids and tok.decode(ids) == "circle and square"
+    assert tok("triangle", add_special_tokens=False)["input_ids"] == [tok.unk_token_id]
+
+
+def test_words_of_keeps_first_appearance_order():
+    from nemo_automodel_bard.toy.processor import words_of
+
+    assert words_of(["b a b", " c  a "]) == ["b", "a", "c"]

@@ -1,7 +1,7 @@
 """Toy stage 0 through AutoModel's VLM fine-tune recipe (toy/stage0.py + recipes/toy_ar.yaml).
 
 References are independent of the recipe path: HF's own ``Qwen3VLForConditionalGeneration``
-loss on train_ar's encoding of the same records, train_ar's parameter grouping, the data
+loss on ``toy/ar_model.py``'s plain encoding of the same records, the data
 folder's own ``train.jsonl`` and the saved safetensors.
 """
 
@@ -14,7 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from nemo_automodel_bard.toy import stage0, train_ar
+from nemo_automodel_bard.toy import ar_model, stage0
+from nemo_automodel_bard.toy.curriculum import Phase, cells as _cells, parse_curriculum
 from nemo_automodel_bard.toy.task import MAX_CELLS, MIN_CELLS, generate_splits
 
 BATCH = 4
@@ -35,14 +36,14 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return (tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor).detach().clone()
 
 
-def test_recipe_loss_is_hf_next_token_loss_and_vision_group_matches_train_ar(data, tmp_path):
+def test_recipe_loss_is_hf_next_token_loss_and_vision_group_is_every_visual_parameter(data, tmp_path):
     from nemo_automodel.components.config.loader import ConfigNode
     from nemo_automodel.recipes.vlm.finetune import FinetuneRecipeForVLM
     from transformers import Qwen3VLForConditionalGeneration
 
     from nemo_automodel_bard._cpu_shim import apply_cpu_shims
 
-    phase = train_ar.Phase(("read", "colours", "count"), MIN_CELLS, MAX_CELLS, 2)
+    phase = Phase(("read", "colours", "count"), MIN_CELLS, MAX_CELLS, 2)
     (jsonl, root, _), = stage0.prepare_phases([phase], data, tmp_path, data_seed=0, batch_size=BATCH)
     init = stage0.save_init(tmp_path / "init", jsonl, root, seed=0, batch_size=BATCH)
     base = stage0.base_config(init, tmp_path / "ckpt", batch_size=BATCH, lr=3e-3, vision_lr_multiplier=3.0, seed=0)
@@ -53,9 +54,9 @@ def test_recipe_loss_is_hf_next_token_loss_and_vision_group_matches_train_ar(dat
     assert recipe.dataloader.collate_fn.func is stage0.ar_collate  # the YAML's collate is the one in use
     records = [json.loads(line) for line in jsonl.read_text().splitlines()[:BATCH]]
     batch = stage0.ar_collate([recipe.dataloader.dataset[i] for i in range(BATCH)], recipe.processor)
-    # independent reference: train_ar's tokenisation (prompt + answer + <|im_end|> in one string), unshifted
+    # independent reference: the plain tokenisation (prompt + answer + <|im_end|> in one string), unshifted
     processor = recipe.processor
-    ref = train_ar.collate([train_ar.encode_example(processor, r, root) for r in records],
+    ref = ar_model.collate([ar_model.encode_example(processor, r, root) for r in records],
                            processor.tokenizer.pad_token_id, processor.tokenizer.convert_tokens_to_ids("<|image_pad|>"))
     assert torch.equal(batch["input_ids"], ref["input_ids"][:, :-1])
     assert torch.equal(batch["labels"], ref["labels"][:, 1:])
@@ -81,7 +82,7 @@ def test_recipe_loss_is_hf_next_token_loss_and_vision_group_matches_train_ar(dat
     off_by_one = {**batch, "labels": ref["labels"][:, :-1].contiguous()}
     assert recipe_loss(off_by_one) < 1.0 < hf_loss - 10.0
 
-    # vision LR group = every `visual` parameter, as in train_ar (tower and mergers), at 3x
+    # vision LR group = every `visual` parameter (tower and mergers), at 3x
     model = recipe.model_parts[0]
     names = {id(p): n for n, p in model.named_parameters()}
     boosted = {names[id(p)] for g in recipe.optimizer[0].param_groups if g.get("lr_mult") == 3.0 for p in g["params"]}
@@ -115,9 +116,9 @@ def test_two_phase_curriculum_trains_chains_exports_and_loads(data, tmp_path, mo
     train_rows = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
     assert len(rows) >= BATCH and all(r in train_rows for r in rows)
     assert {r["task"] for r in rows} <= {"read", "colours"}
-    assert all(cells[0] <= train_ar._cells(r, data) <= cells[1] for r in rows)
+    assert all(cells[0] <= _cells(r, data) <= cells[1] for r in rows)
     expected = [r for r in train_rows
-                if r["task"] in ("read", "colours") and cells[0] <= train_ar._cells(r, data) <= cells[1]]
+                if r["task"] in ("read", "colours") and cells[0] <= _cells(r, data) <= cells[1]]
     assert rows == expected
 
     # phase 1 started from the random init, phase 2 from phase 1's export (not the init)
@@ -153,10 +154,10 @@ def test_phase_without_enough_rows_fails_before_training(tmp_path):
     generate_splits(data, seed=0, sizes={"train": 6, "val": 1, "test": 1}, tasks=("read",))
     spec = f"read:{MIN_CELLS}-{MAX_CELLS}:2,colours:{MIN_CELLS}-{MAX_CELLS}:2"
     with pytest.raises(ValueError, match=r"phase 2 .*colours.*: 0 rows"):
-        stage0.train(data, tmp_path / "o", tmp_path / "w", curriculum=train_ar.parse_curriculum(spec), batch_size=4)
+        stage0.train(data, tmp_path / "o", tmp_path / "w", curriculum=parse_curriculum(spec), batch_size=4)
     with pytest.raises(ValueError, match="fewer training rows than the batch size 16"):
         stage0.train(data, tmp_path / "o", tmp_path / "w", batch_size=16,
-                     curriculum=train_ar.parse_curriculum(f"read:{MIN_CELLS}-{MAX_CELLS}:2"))
+                     curriculum=parse_curriculum(f"read:{MIN_CELLS}-{MAX_CELLS}:2"))
     assert not (tmp_path / "w" / "ckpt").exists() and not (tmp_path / "o").exists()
 
 
@@ -164,7 +165,7 @@ def test_phase_without_enough_rows_fails_before_training(tmp_path):
 def test_phase_config_schedule_and_chaining(tmp_path, steps, warmup):
     base = stage0.base_config(tmp_path / "init", tmp_path / "ckpt", batch_size=16, lr=3e-3,
                               vision_lr_multiplier=3.0, seed=0)
-    phase = train_ar.Phase(("read",), 1, 3, steps)
+    phase = Phase(("read",), 1, 3, steps)
     first = stage0.phase_config(base, 0, phase, tmp_path / "p0.jsonl", tmp_path, None)
     later = stage0.phase_config(base, 2, phase, tmp_path / "p2.jsonl", tmp_path, tmp_path / "ckpt" / "phase_1" / "hf")
     sched = first["lr_scheduler"]
