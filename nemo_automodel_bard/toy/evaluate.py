@@ -109,7 +109,7 @@ def summarize(name: str, refs: list[str], results: list[DecodeResult], tasks: li
     seconds = sum(r.seconds for r in results)
     per_task: dict[str, float] = {}
     per_task_samples: dict[str, int] = {}
-    for task in sorted(set(tasks or [])):
+    for task in sorted({t for t in tasks or [] if t}):  # rows without a "task" key: no breakdown
         hits = [e for e, t in zip(em, tasks) if t == task]
         per_task[task] = sum(hits) / len(hits)
         per_task_samples[task] = len(hits)

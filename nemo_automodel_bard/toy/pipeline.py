@@ -2,10 +2,13 @@
 
 Stages (each logged to ``OUT/logs/<stage>.log``, progress echoed):
 
-0. ``data``    toy task splits (``toy/task.py``);
+0. ``data``    toy task splits (``toy/task.py``), or ``--data DIR`` checked and normalised
+               (``toy/data_dir.py``: ``DIR/{train,val,test}.jsonl``, messages schema, images);
 1. ``ar``      the autoregressive Qwen3-VL: the shipped checkpoint
-               (``toy/assets/ar``), or trained now with ``--retrain-ar`` through AutoModel's
-               VLM fine-tune recipe (``toy/stage0.py``);
+               (``toy/assets/ar``), or trained now through AutoModel's VLM fine-tune recipe
+               (``toy/stage0.py``): the toy curriculum with ``--retrain-ar``, ``train:STEPS``
+               over every training row with ``--data`` (word-level processor over the data's
+               words, ``OUT/processor``);
 2. ``convert`` ``bard convert`` -> the Bard-VL initial checkpoint (B=4);
 3. ``pbm``     ``bard finetune --recipe bard_pbm`` with the packaged ``recipes/toy_pbm.yaml`` (4 -> 8 -> 16 -> 32);
 4. ``swd``     ``bard finetune --recipe bard_swd`` with the packaged ``recipes/toy_swd.yaml`` (B=32 student, B=4 anchor);
@@ -15,8 +18,8 @@ Stages (each logged to ``OUT/logs/<stage>.log``, progress echoed):
                AR and Bard tokens/s timed interleaved at batch 1 and 8 (``toy/stats.py``);
                ``accuracy_vs_throughput.png``, ``summary.json``, a table.
 
-``bard demo [--quick] [--out DIR]``. ``--quick`` shrinks every stage (CI smoke test); its
-numbers mean nothing.
+``bard demo [--quick] [--out DIR] [--data DIR]``. ``--quick`` shrinks every stage (CI smoke
+test); its numbers mean nothing.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
+from math import ceil
 from pathlib import Path
 
 from nemo_automodel_bard.recipes.launch import packaged_yaml
@@ -46,7 +50,7 @@ class Profile:
     train: int
     test: int
     val: int  # picks the operating threshold (never the test split)
-    ar_curriculum: str  # train_ar --curriculum (used by --retrain-ar)
+    ar_curriculum: str  # stage0 --curriculum of --retrain-ar (the toy task)
     pbm_steps: tuple[int, int, int, int]
     swd_steps: int
     batch_size: int
@@ -58,6 +62,7 @@ class Profile:
     # Also decode the whole threshold sweep on test (the trade-off curve on test). Off by
     # default: it costs one full test pass per threshold, the largest part of the evaluation.
     test_sweep: bool = False
+    ar_steps: int = 1500  # --data: stage0 --curriculum train:STEPS (every training row)
 
 
 PROFILES = {
@@ -65,7 +70,7 @@ PROFILES = {
                        batch_size=16, thresholds=(0.3, 0.5, 0.7, 0.9, 0.95), warmup=5),
     "quick": Profile(train=64, test=6, val=6, ar_curriculum="read:1-3:1,all:4-8:2", pbm_steps=(2, 2, 2, 2), swd_steps=2,
                      batch_size=4, thresholds=(0.5, 0.9), warmup=1, eval_batch_size=4, speed_prompts=6,
-                     speed_repeats=2, test_sweep=True),
+                     speed_repeats=2, test_sweep=True, ar_steps=4),
 }
 
 
@@ -98,21 +103,24 @@ def _yaml(name: str) -> Path:
     return packaged_yaml(name)
 
 
-def stage_ar(out: Path, profile: Profile, retrain: bool, seed: int = 0) -> tuple[Path, str]:
-    """The AR checkpoint: the shipped one, or trained now."""
+def stage_ar(out: Path, profile: Profile, retrain: bool, seed: int = 0,
+             processor: Path | None = None) -> tuple[Path, str]:
+    """The AR checkpoint: the shipped one, or trained now (always with ``processor``, i.e. ``--data``)."""
     target = out / "ar"
     if (target / "config.json").is_file():
         return target, "reused"
-    if not retrain and (ASSET_AR / "config.json").is_file():
+    if not retrain and processor is None and (ASSET_AR / "config.json").is_file():
         shutil.copytree(ASSET_AR, target)
         return target, f"shipped checkpoint {ASSET_AR} (retrain: bard demo --retrain-ar)"
+    curriculum = profile.ar_curriculum if processor is None else f"train:{profile.ar_steps}"
     # AutoModel's VLM fine-tune recipe, one run per curriculum phase (toy/stage0.py)
     cmd = [sys.executable, "-m", "nemo_automodel_bard.toy.stage0", "--data", str(out / "data"), "--out", str(target),
-           "--curriculum", profile.ar_curriculum, "--data-seed", str(seed), "--work-dir", str(out / "ar.work"),
+           "--curriculum", curriculum, "--data-seed", str(seed), "--work-dir", str(out / "ar.work"),
            # the settings the curriculum was measured with (docs/results.md, stage 0)
-           "--batch-size", "16", "--lr", "3e-3", "--vision-lr-multiplier", "3"]
+           "--batch-size", "16", "--lr", "3e-3", "--vision-lr-multiplier", "3",
+           *(["--processor", str(processor)] if processor else [])]
     _run_logged("ar", cmd, out / "logs" / "ar.log", echo=("[stage0 recipe]", "| step "))
-    return target, f"trained from scratch, curriculum {profile.ar_curriculum}"
+    return target, f"trained from scratch, curriculum {curriculum}"
 
 
 def stage_pbm(out: Path, init: Path, profile: Profile, extra: list[str]) -> Path:
@@ -157,7 +165,8 @@ def _bard_settings(block: int, threshold: float) -> dict:
                 confidence_threshold=threshold, temperature=0.0)
 
 
-def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profile, sweep: str) -> dict:
+def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profile, sweep: str,
+               max_new_tokens: int = 32) -> dict:
     """Evaluate AR + every checkpoint (their own block size, threshold 0.9) + the sweep of ``sweep``.
 
     The sweep runs on val and :func:`~nemo_automodel_bard.toy.stats.choose_threshold` picks
@@ -165,18 +174,18 @@ def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profi
     ``profile.test_sweep``). The trade-off plot shows the val sweep against AR on val. The
     speed ratios are timed last, AR against ``sweep`` at the chosen threshold.
     """
+    import torch
+
     from nemo_automodel_bard.toy import evaluate as ev
     from nemo_automodel_bard.toy.plot import plot_tradeoff
     from nemo_automodel_bard.toy.stats import choose_threshold
 
-    import torch
-
     torch.set_num_threads(1)  # same reason as `bard eval --threads 1`
-    test = ev.load_examples(out / "data" / "test.jsonl")
-    val = ev.load_examples(out / "data" / "val.jsonl")
+    test = ev.load_examples(out / "data" / "test.jsonl", profile.test)
+    val = ev.load_examples(out / "data" / "val.jsonl", profile.val)
     bs = profile.eval_batch_size
     ar_model, processor = ev.load_ar(ar)
-    ar_decode = ev.ar_decoder(ar_model, processor, 32)
+    ar_decode = ev.ar_decoder(ar_model, processor, max_new_tokens)
     rows = [ev.evaluate("AR", ar_decode, test, {"kv_cache": True}, batch_size=bs)]
     val_rows = [asdict(ev.evaluate("AR", ar_decode, val, {"kv_cache": True}, batch_size=bs))]
     chosen, bard_decode = None, None
@@ -184,17 +193,17 @@ def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profi
         model = ev.load_bard(path)
         if label != sweep:
             settings = _bard_settings(int(model.config.block_size), 0.9)
-            rows.append(ev.evaluate(f"{label}@0.9", ev.bard_decoder(model, processor, 32, **settings), test, settings,
-                                    batch_size=bs))
+            rows.append(ev.evaluate(f"{label}@0.9", ev.bard_decoder(model, processor, max_new_tokens, **settings),
+                                    test, settings, batch_size=bs))
             continue
         for threshold in profile.thresholds:
             settings = _bard_settings(32, threshold)
-            val_rows.append(asdict(ev.evaluate(f"{label}@{threshold}", ev.bard_decoder(model, processor, 32, **settings),
-                                               val, settings, batch_size=bs)))
+            decode = ev.bard_decoder(model, processor, max_new_tokens, **settings)
+            val_rows.append(asdict(ev.evaluate(f"{label}@{threshold}", decode, val, settings, batch_size=bs)))
         chosen = choose_threshold(val_rows[1:])
         for threshold in profile.thresholds if profile.test_sweep else (chosen["threshold"],):
             settings = _bard_settings(32, threshold)
-            decode = ev.bard_decoder(model, processor, 32, **settings)
+            decode = ev.bard_decoder(model, processor, max_new_tokens, **settings)
             rows.append(ev.evaluate(f"{label}@{threshold}", decode, test, settings, batch_size=bs))
             if threshold == chosen["threshold"]:
                 bard_decode = decode
@@ -277,10 +286,34 @@ def machine_info() -> dict:
             "platform": platform.platform(), "python": platform.python_version()}
 
 
-def run_pipeline(out: Path, mode: str, retrain_ar: bool, seed: int = 0, profile: Profile | None = None) -> dict:
-    """All stages; returns (and writes) the summary."""
+def stage_data(out: Path, profile: Profile, seed: int, data: Path | None) -> dict:
+    """The splits in ``OUT/data``; with ``data`` also the word-level processor (``OUT/processor``).
+
+    Returns the data notes: for ``--data`` the split sizes, vocabulary size, the decode length
+    (``max_new_tokens``, the longest answer rounded up to 32-token blocks) and the PBM/SWD
+    ``max_length`` that keeps every row whole.
+    """
     from nemo_automodel_bard.toy.task import generate_splits
 
+    if data is None:
+        generate_splits(out / "data", seed=seed, sizes={"train": profile.train, "val": profile.val, "test": profile.test})
+        return {"source": "toy task (toy/task.py)", "max_new_tokens": 32}
+    from nemo_automodel_bard.toy.data_dir import prepare_data
+    from nemo_automodel_bard.toy.processor import save_processor
+
+    info = prepare_data(data, out / "data", val_rows=profile.val, seed=seed)
+    save_processor(out / "processor", info.words)
+    blocks = ceil(info.max_answer_tokens / 32)
+    # image (<= 16 merged tokens with the toy processor) + chat template + question + answer
+    needed = 16 + 16 + info.max_question_words + 32 * blocks
+    return {"source": str(data), "rows": info.rows, "val_from_train": info.val_from_train, "words": len(info.words),
+            "tasks": info.tasks, "unknown_question_words": info.unknown_question_words,
+            "max_new_tokens": 32 * blocks, "max_length": max(256, 64 * ceil(needed / 64))}
+
+
+def run_pipeline(out: Path, mode: str, retrain_ar: bool, seed: int = 0, profile: Profile | None = None,
+                 data: Path | None = None) -> dict:
+    """All stages; returns (and writes) the summary. ``data``: a dataset folder instead of the toy task."""
     profile = profile or PROFILES[mode]
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
@@ -295,21 +328,24 @@ def run_pipeline(out: Path, mode: str, retrain_ar: bool, seed: int = 0, profile:
         _log(f"stage {name} done in {timings[name]:.0f}s")
         return result
 
-    sizes = {"train": profile.train, "val": profile.val, "test": profile.test}
-    timed("data", generate_splits, out / "data", seed=seed, sizes=sizes)
-    ar, notes["ar"] = timed("ar", stage_ar, out, profile, retrain_ar, seed)
+    data_notes = timed("data", stage_data, out, profile, seed, data)
+    processor = out / "processor" if data is not None else None
+    ar, notes["ar"] = timed("ar", stage_ar, out, profile, retrain_ar, seed, processor)
+    extra = [] if data is None else ["--dataset.max_length", str(data_notes["max_length"])]
     init = out / "bard_init"
     if not (init / "config.json").is_file():
         cmd = _bard("convert", "--from", str(ar), "--to", str(init), "--mask-token-id", "7",
                     "--mask-token", "<|mask|>", "--block-size", "4", "--overwrite")
         timed("convert", _run_logged, "convert", cmd, out / "logs" / "convert.log")
-    pbm = timed("pbm", stage_pbm, out, init, profile, [])
+    pbm = timed("pbm", stage_pbm, out, init, profile, extra)
     b4, b32 = pbm / "stage_0_b4" / "hf", pbm / "stage_3_b32" / "hf"
-    swd = timed("swd", stage_swd, out, b32, b4, profile)
+    swd = timed("swd", stage_swd, out, b32, b4, profile, extra=extra)
     checkpoints = {"pbm_b4": b4, "pbm_b32": b32, "swd_b32": swd}
-    evaluation = timed("eval", stage_eval, out, ar, checkpoints, profile, sweep="swd_b32")
+    evaluation = timed("eval", stage_eval, out, ar, checkpoints, profile, sweep="swd_b32",
+                       max_new_tokens=data_notes["max_new_tokens"])
     summary = {
         "mode": mode,
+        "data": data_notes,
         "profile": asdict(profile),
         "stage_seconds": timings,
         "total_seconds": round(time.time() - start_all, 1),
@@ -336,6 +372,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers are meaningless)")
     parser.add_argument("--out", default="runs/toy", help="run folder (stages already done there are reused)")
     parser.add_argument("--retrain-ar", action="store_true", help="train the AR model instead of using the shipped one")
+    parser.add_argument("--data", type=Path, default=None,
+                        help="run on DIR/{train,val,test}.jsonl (messages schema with images; val optional) instead of "
+                             "the toy task: the AR model is trained on it with a word-level tokenizer over its words")
+    parser.add_argument("--ar-steps", type=int, default=None, help="--data: AR training steps (default 1500)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pbm-steps", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
                         help="steps of the B=4,8,16,32 PBM stages, e.g. 150,60,60,150")
@@ -344,9 +384,22 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--val", type=int, default=None, help="val samples the threshold is chosen on")
     args = parser.parse_args(argv)
     mode = "quick" if args.quick else "default"
-    options = (("pbm_steps", args.pbm_steps), ("swd_steps", args.swd_steps), ("test", args.test), ("val", args.val))
+    options = (("pbm_steps", args.pbm_steps), ("swd_steps", args.swd_steps), ("test", args.test), ("val", args.val),
+               ("ar_steps", args.ar_steps))
     changes = {k: v for k, v in options if v is not None}
     if args.pbm_steps is not None and len(args.pbm_steps) != 4:
         parser.error("--pbm-steps needs 4 comma-separated counts (B=4,8,16,32)")
-    run_pipeline(Path(args.out), mode, args.retrain_ar, args.seed, replace(PROFILES[mode], **changes))
+    if args.data is not None and args.retrain_ar:
+        parser.error("--retrain-ar is for the toy task: with --data the AR model is always trained on DIR")
+    if args.ar_steps is not None and args.ar_steps < 1:
+        parser.error("--ar-steps must be >= 1")
+    if args.ar_steps is not None and args.data is None:
+        parser.error("--ar-steps sets the AR training of --data (the toy task's AR uses its curriculum)")
+    from nemo_automodel_bard.toy.data_dir import DataError
+
+    try:
+        run_pipeline(Path(args.out), mode, args.retrain_ar, args.seed, replace(PROFILES[mode], **changes), args.data)
+    except DataError as err:  # a dataset --data cannot serve: the message names the file and line
+        print(f"bard demo: {err}", file=sys.stderr)
+        return 2
     return 0

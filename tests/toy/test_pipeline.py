@@ -113,3 +113,56 @@ def test_retrain_ar_stage_trains_through_the_automodel_recipe(tmp_path):
     trained = Qwen3VLForConditionalGeneration.from_pretrained(str(path)).state_dict()
     shipped = Qwen3VLForConditionalGeneration.from_pretrained(str(ASSET_AR)).state_dict()
     assert not all(torch.equal(trained[k], shipped[k]) for k in shipped)
+
+
+def _demo(*args, timeout=1500):
+    return subprocess.run([sys.executable, "-m", "nemo_automodel_bard.cli", "demo", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_quick_demo_on_a_dataset_folder_it_did_not_generate(tmp_path):
+    """``bard demo --data DIR --quick`` on the shapes task: its own words, AR trained on it, per-type scores."""
+    from transformers import AutoProcessor
+
+    from nemo_automodel_bard.toy import evaluate as ev
+    from nemo_automodel_bard.toy.shapes import QUESTIONS, write_dataset
+
+    write_dataset(tmp_path / "shapes", train=64, test=8, seed=0)  # no val.jsonl: split from train
+    out = tmp_path / "demo"
+    proc = _demo("--quick", "--data", str(tmp_path / "shapes"), "--out", str(out))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    data = summary["data"]
+    assert data["val_from_train"] and data["rows"] == {"train": 58, "val": 6, "test": 8}  # quick: val = 6
+    assert data["tasks"] == sorted(QUESTIONS) and data["max_new_tokens"] == 32
+    assert summary["notes"]["ar"] == "trained from scratch, curriculum train:4"
+    log = json.loads((out / "ar" / "train_log.json").read_text())
+    assert [p["phase"] for p in log["phases"]] == ["train:4"] and log["steps"] == 4
+    # the AR model's tokenizer is the data's word-level one: every training word is a token
+    tok = AutoProcessor.from_pretrained(str(out / "ar")).tokenizer
+    train = ev.load_examples(out / "data" / "train.jsonl")
+    words = sorted({w for e in train for w in (e["question"] + " " + e["answer"]).split()})
+    assert tok.unk_token_id not in tok.convert_tokens_to_ids(words) and len(tok) == 9 + 3 + data["words"]
+    assert "digits" not in tok.get_vocab()
+    # per-type scores come from the rows' "task" key; the AR row's exact match from its own texts
+    assert set(summary["per_type_exact_match"]) <= set(QUESTIONS)
+    test = ev.load_examples(out / "data" / "test.jsonl", 6)
+    ar_model, processor = ev.load_ar(out / "ar")
+    texts = [ev.ar_decoder(ar_model, processor, 32)([e])[0].text for e in test]
+    ar_row = next(r for r in summary["results"] if r["name"] == "AR")
+    assert ar_row["samples"] == 6
+    assert ar_row["exact_match"] == pytest.approx(sum(ev.exact_match(t, e["answer"]) for t, e in zip(texts, test)) / 6)
+    assert summary["threshold_chosen_on"] == "val" and set(summary["speedup_tokens_per_s"]) == {"batch_1", "batch_8"}
+
+
+def test_demo_refuses_a_dataset_it_cannot_serve_and_bad_flag_mixes(tmp_path):
+    from nemo_automodel_bard.toy.shapes import write_dataset
+
+    write_dataset(tmp_path / "d", train=10, test=2)
+    (tmp_path / "d" / "test.jsonl").unlink()
+    proc = _demo("--quick", "--data", str(tmp_path / "d"), "--out", str(tmp_path / "o"), timeout=300)
+    assert proc.returncode == 2 and "test.jsonl not found" in proc.stderr
+    proc = _demo("--quick", "--data", str(tmp_path / "d"), "--retrain-ar", timeout=300)
+    assert proc.returncode == 2 and "--retrain-ar is for the toy task" in proc.stderr
+    proc = _demo("--quick", "--ar-steps", "5", timeout=300)
+    assert proc.returncode == 2 and "--ar-steps sets the AR training of --data" in proc.stderr
