@@ -10,8 +10,10 @@ Each row changes one thing and keeps the data and the number of optimizer steps:
   mask-only noise.
 
 Every checkpoint is evaluated at B=32 with the same decoding settings on the same test
-samples. Writes ``RUN/ablations/ablations.json`` and ``ablations.md`` (a table with the
-command that reproduces each row)::
+samples (the threshold the run chose on val, else 0.9), and each claim is a paired
+comparison with its 95% bootstrap interval over those samples (:data:`COMPARISONS`).
+Writes ``RUN/ablations/ablations.json`` and ``ablations.md`` (a table with the command that
+reproduces each row, and the comparisons)::
 
     python -m nemo_automodel_bard.toy.ablations --run RUN [--only direct_b32,swd_none] [--limit 100]
 """
@@ -31,9 +33,17 @@ import yaml
 
 from nemo_automodel_bard.recipes.launch import packaged_yaml
 
-__all__ = ["RunLayout", "Variant", "budget_overrides", "main", "pbm_steps", "run_profile", "train_command", "variants"]
+__all__ = ["COMPARISONS", "RunLayout", "Variant", "budget_overrides", "comparisons", "main", "pbm_steps", "run_profile",
+           "train_command", "variants"]
 
 EXAMPLES = packaged_yaml("toy_pbm.yaml").parent  # the packaged recipes/ folder
+# (row, against, the claim it tests): exact match of ``row`` minus ``against``, paired per sample
+COMPARISONS = (
+    ("pbm_b32", "direct_b32", "progressive beats direct AR -> B=32"),
+    ("swd_anchor", "swd_ar", "the small-block anchor beats the AR teacher"),
+    ("swd_anchor", "swd_none", "the anchor beats no teacher (CE only)"),
+    ("pbm_b32", "mixed_pbm_b32", "mask-only noise vs mixed noise"),
+)
 
 
 @dataclass(frozen=True)
@@ -166,6 +176,28 @@ def _evaluate(checkpoint: Path, data: Path, limit: int | None, block_size: int, 
     return asdict(evaluate(checkpoint.name, bard_decoder(model, processor, max_new_tokens, **settings), examples, settings))
 
 
+def comparisons(rows: list[dict]) -> list[dict]:
+    """:data:`COMPARISONS` whose two rows were evaluated: the exact-match difference in points, 95% paired interval."""
+    from nemo_automodel_bard.toy.stats import paired_bootstrap_diff
+
+    hits = {r["name"]: r["metrics"]["hits"] for r in rows if r.get("metrics", {}).get("hits")}
+    out = []
+    for row, against, claim in COMPARISONS:
+        if row in hits and against in hits:
+            ci = paired_bootstrap_diff(hits[row], hits[against])
+            out.append({"row": row, "against": against, "claim": claim, "samples": len(hits[row]),
+                        **{k: 100 * ci[k] for k in ("diff", "low", "high")}})
+    return out
+
+
+def _comparison_table(items: list[dict]) -> str:
+    lines = ["| claim | row − against | exact match difference (points) | 95% paired interval | samples |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {c['claim']} | {c['row']} − {c['against']} | {c['diff']:+.1f} | [{c['low']:+.1f}, {c['high']:+.1f}] "
+              f"| {c['samples']} |" for c in items]
+    return "\n".join(lines)
+
+
 def _table(rows: list[dict]) -> str:
     lines = ["| row | what changes | exact match | token acc | TPF | tokens/s | train s | reproduce |",
              "|---|---|---|---|---|---|---|---|"]
@@ -189,7 +221,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--swd-config", type=Path, default=EXAMPLES / "toy_swd.yaml")
     parser.add_argument("--limit", type=int, default=None, help="test samples to evaluate (default: all)")
     parser.add_argument("--block-size", type=int, default=32)
-    parser.add_argument("--threshold", type=float, default=0.9)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="confidence threshold of every row (default: the run's val-chosen one, else 0.9)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="overrides added to every training command (e.g. the demo's step counts)")
@@ -200,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     profile = run_profile(run)
+    summary = json.loads((run.root / "summary.json").read_text()) if (run.root / "summary.json").is_file() else {}
+    threshold = args.threshold if args.threshold is not None else float(summary.get("threshold", 0.9))
+    print(f"[ablations] threshold {threshold} on every row", flush=True)
     if profile:  # the demo overrides the YAML's step counts: train the ablations on the same budget
         stages = list(zip((4, 8, 16, 32), profile["pbm_steps"]))
         swd_steps = profile["swd_steps"]
@@ -224,13 +260,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
         checkpoint = _resolve_checkpoint(variant.checkpoint)
         row["checkpoint"] = str(checkpoint)
-        row["metrics"] = _evaluate(checkpoint, run.path("data"), args.limit, args.block_size, args.threshold,
+        row["metrics"] = _evaluate(checkpoint, run.path("data"), args.limit, args.block_size, threshold,
                                    args.max_new_tokens)
         rows.append(row)
         (out_dir / "ablations.json").write_text(json.dumps(rows, indent=1))
-    (out_dir / "ablations.json").write_text(json.dumps(rows, indent=1))
-    (out_dir / "ablations.md").write_text(_table(rows) + "\n")
-    print(_table(rows))
+    compared = comparisons(rows)
+    (out_dir / "ablations.json").write_text(json.dumps({"threshold": threshold, "rows": rows, "comparisons": compared},
+                                                       indent=1))
+    text = _table(rows) + "\n\n" + _comparison_table(compared) + "\n"
+    (out_dir / "ablations.md").write_text(text)
+    print(text)
     return 1 if any("error" in r for r in rows) else 0
 
 

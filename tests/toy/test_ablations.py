@@ -84,3 +84,20 @@ def test_budget_follows_the_demo_profile(run):
         if row.recipe == "bard_swd":
             assert _override(row, "step_scheduler.max_steps") == "7"
     assert budget_overrides(None) == []
+
+
+def test_comparisons_are_paired_differences_of_the_rows_that_were_evaluated():
+    from nemo_automodel_bard.toy.ablations import comparisons
+
+    def row(name, hits):
+        return {"name": name, "metrics": {"hits": hits}}
+
+    rows = [row("pbm_b32", [1, 1, 1, 1]), row("direct_b32", [1, 1, 1, 1]),
+            row("swd_anchor", [1, 1, 1, 0]), row("swd_ar", [0, 0, 0, 0]), {"name": "swd_none", "error": "x"}]
+    out = {(c["row"], c["against"]): c for c in comparisons(rows)}
+    assert set(out) == {("pbm_b32", "direct_b32"), ("swd_anchor", "swd_ar")}  # swd_none, mixed: not evaluated
+    equal = out[("pbm_b32", "direct_b32")]
+    assert (equal["diff"], equal["low"], equal["high"], equal["samples"]) == (0.0, 0.0, 0.0, 4)
+    better = out[("swd_anchor", "swd_ar")]
+    # per-sample differences 1, 1, 1, 0: every resample's mean lies in [0, 100] points
+    assert better["diff"] == 75.0 and 0.0 <= better["low"] <= 75.0 <= better["high"] <= 100.0
