@@ -31,6 +31,7 @@ class EvalSettings:
     denoising_steps: int | None = None  # None: = block_size
     remasking_strategy: str = "low_confidence_dynamic"
     confidence_threshold: float = 0.9
+    revision_threshold: float = 0.0  # token revision (generate's revision_threshold; 0 = off)
     max_new_tokens: int = 1024
     system_prompt: str | None = None  # None: whatever the checkpoint's chat template does
     min_pixels: int | None = None
@@ -112,6 +113,7 @@ _PARSERS: dict[str, Callable[[str, Any], Any]] = {
     "denoising_steps": _optional_int,
     "remasking_strategy": _choice("remasking_strategy", _REMASKING),
     "confidence_threshold": _unit_float,
+    "revision_threshold": _unit_float,
     "max_new_tokens": _int,
     "system_prompt": _system_prompt,
     "min_pixels": _optional_int,
@@ -132,6 +134,10 @@ def read_model_type(pretrained: str) -> str:
 
 def _check_combination(settings: EvalSettings) -> None:
     steps = settings.denoising_steps or settings.block_size
+    if settings.revision_threshold >= 1.0 or (settings.revision_threshold > 0
+                                              and settings.remasking_strategy != "low_confidence_dynamic"):
+        raise ValueError(f"model_args revision_threshold={settings.revision_threshold} must be in [0, 1) and needs "
+                         "remasking_strategy=low_confidence_dynamic")
     if settings.remasking_strategy == "low_confidence_static" and steps > settings.block_size:
         raise ValueError(
             f"model_args denoising_steps={steps} must be <= block_size={settings.block_size} with "

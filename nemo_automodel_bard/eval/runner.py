@@ -223,7 +223,8 @@ class BardVLRunner:
             ids, stats = self.model.generate(
                 batch, max_new, block_size=self.block_size, denoising_steps=self.denoising_steps,
                 temperature=temperature, top_p=top_p, remasking_strategy=s.remasking_strategy,
-                confidence_threshold=s.confidence_threshold, return_step_stats=True, eos_token_id=self.eos_token_id,
+                confidence_threshold=s.confidence_threshold, revision_threshold=s.revision_threshold,
+                return_step_stats=True, eos_token_id=self.eos_token_id,
             )
             rows = [self._cut_at_eos(row) for row in ids.tolist()]
             return rows, list(stats.num_forwards), stats.batch_forwards

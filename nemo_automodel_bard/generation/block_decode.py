@@ -20,6 +20,15 @@ are dropped from the batch (and the cache) at the block boundary. Per block the 
 the block's tokens (and, with ``return_step_stats``, each position's commit step); lengths and
 statistics are derived once at the end (``record.DecodeRecord``).
 
+Token revision (``revision_threshold > 0``, dynamic strategy only): from a block's second
+step on, a token committed at an earlier step of the same block whose probability under the
+current forward has fallen below ``revision_threshold`` is re-masked and decoded again (each
+position at most once per block, so a block ends within ``2 * block_size`` steps). The
+forward already scores the whole block, so revision costs no extra forward, only the steps
+that re-decode what it re-masked. Meant for models trained with mixed noise
+(``bard.noise.schedule: mixed``), which learned to judge visible tokens. The block's commit to
+the cache is unchanged: it happens once the block is final.
+
 Masks come from ``diffusion.masks.block_diffusion_mask`` over the whole layout. Prompt block
 ids count from each sample's first real token and positions come from ``get_rope_index`` with
 the padding mask, so a sample's result does not depend on its batch neighbours. With
@@ -90,6 +99,7 @@ def block_generate(
     prompt_attention: str | None = None,
     compile: bool | dict = False,
     use_cache: bool = True,
+    revision_threshold: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, StepStats]:
     """Decode responses for a processor batch with block diffusion.
 
@@ -111,6 +121,8 @@ def block_generate(
         compile: ``torch.compile`` the fused-commit and steady steps (fixed shapes; CUDA graphs
             on CUDA); a dict is passed to ``torch.compile``. Same output as eager.
         use_cache: False recomputes the whole sequence every step (reference, slow).
+        revision_threshold: re-mask a committed token of the current block whose probability
+            fell below this (0 = off; dynamic strategy only; see the module docstring).
 
     Returns:
         ``LongTensor [N, L]`` response ids, each row truncated after its first EOS and padded
@@ -129,6 +141,7 @@ def block_generate(
         mask_token_id=mask_token_id,
         eos_token_id=eos_token_id,
         prompt_attention=prompt_attention,
+        revision_threshold=revision_threshold,
     )
     device = next(model.parameters()).device
     compiled = compile_options(compile, device) if use_cache else None
@@ -186,7 +199,10 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
     banned = torch.tensor(opts.banned_token_ids, dtype=torch.long, device=device)
     eos = torch.tensor(opts.eos_token_ids, device=device)
     forward = BlockForward(model, rows, inputs, opts, prompt_width + n_blocks * B, use_cache, compiled)
-    record = DecodeRecord(n, n_blocks, B, len(schedule) + 1, opts.max_new_tokens, eos, with_stats)
+    revise = opts.revision_threshold > 0
+    # steps per block: at most the schedule (+1 spare); with revision each position commits at most twice
+    max_steps = max(len(schedule), 2 * B if revise else 0) + 1
+    record = DecodeRecord(n, n_blocks, B, max_steps, opts.max_new_tokens, eos, with_stats)
     batch_forwards = 0
     pruned = use_cache and compiled is None  # finished rows leave the batch at block ends
     if streamer is not None and hasattr(streamer, "put"):  # like HF generate: the prompt first
@@ -200,6 +216,7 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
         step = 0
         block = rows.tokens[:, start_b:end]  # a view: commits below write rows.tokens in place
         live = None if pruned else rows.alive[:, None]  # eager drops finished rows: all alive
+        revised = torch.zeros_like(block, dtype=torch.bool) if revise else None
         # static: exactly len(schedule) steps (they empty the block); dynamic: until no row works.
         while not static or step < len(schedule):
             masked = block == mask_id
@@ -220,7 +237,11 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
             commit = select_commits(
                 confidence, masked, k_step, strategy=opts.remasking_strategy, threshold=opts.confidence_threshold
             )
+            remask = _revisions(logits, block, live, revised, eos, limit, opts) if revise and step > 0 else None
             torch.where(commit, proposal, block, out=block)  # in place: block is a view of rows.tokens
+            if remask is not None:  # disjoint from commit (those positions were masked)
+                block.masked_fill_(remask, mask_id)
+                revised |= remask
             if commit_step is not None:
                 commit_step.masked_fill_(commit, step)
             step += 1
@@ -243,6 +264,22 @@ def _decode(model, inputs, opts: DecodeOptions, generator, streamer, use_cache, 
     return record.finish(batch_forwards)
 
 
+def _revisions(logits: torch.Tensor, block: torch.Tensor, live: torch.Tensor | None, revised: torch.Tensor,
+               eos: torch.Tensor, limit: int, opts: DecodeOptions) -> torch.Tensor:
+    """Committed output positions of rows still working on this block, not yet revised in it,
+    whose token's probability under this step's logits is below ``opts.revision_threshold``
+    (``[N, B]`` bool). A row whose output positions are all committed is done with the block,
+    as it would be alone: the steps its batch neighbours still run do not revise it."""
+    outputs = _output_positions(block, eos, limit)
+    committed = block != opts.mask_token_id
+    working = (~committed & outputs).any(-1, keepdim=True)
+    held = committed & ~revised & outputs & working
+    if live is not None:
+        held &= live
+    prob = logits.float().softmax(-1).gather(-1, block[..., None])[..., 0]
+    return held & (prob < opts.revision_threshold)
+
+
 def _end_of_block(streamer, b, n, sample, alive_before, block_tokens, eos, limit, alive) -> list[bool]:
     """The block's one device-to-host copy: which rows still decode (and, when streaming, the
     block's kept tokens, handed to the streamer)."""
@@ -263,8 +300,8 @@ def _output_positions(block_tokens: torch.Tensor, eos: torch.Tensor, limit: int)
     """``[N, B]`` bool: the block positions that can reach the output.
 
     Those are the positions before the ``max_new_tokens`` budget (``limit``) and up to the
-    first committed EOS. Committed tokens are never revised, so once these are all committed
-    the response is final: denoising the rest of the block would only cost forwards (short
+    first committed EOS. Once these are all committed the response is final (revision only
+    re-masks positions while the block still has steps to run): denoising the rest of the block would only cost forwards (short
     answers in large blocks), and the output stays identical.
     """
     is_eos = _is_eos(block_tokens, eos, block_tokens.shape[1])

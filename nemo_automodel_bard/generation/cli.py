@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="default: the checkpoint's config.prompt_attention")
     p.add_argument("--remasking-strategy", choices=REMASKING_STRATEGIES, default="low_confidence_dynamic")
     p.add_argument("--confidence-threshold", type=float, default=0.5)
+    p.add_argument("--revision-threshold", type=float, default=0.0,
+                   help="re-mask committed tokens of the current block whose probability fell below this "
+                        "(0 = off; dynamic strategy; for mixed-noise-trained checkpoints)")
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--top-p", type=float, default=1.0)
@@ -106,6 +109,7 @@ def _decode_options(args: argparse.Namespace) -> dict:
         top_p=args.top_p,
         remasking_strategy=args.remasking_strategy,
         confidence_threshold=args.confidence_threshold,
+        revision_threshold=args.revision_threshold,
     )
 
 

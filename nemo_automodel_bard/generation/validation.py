@@ -51,6 +51,7 @@ class DecodeOptions:
     eos_token_ids: tuple[int, ...]
     banned_token_ids: tuple[int, ...]
     causal_prompt: bool
+    revision_threshold: float = 0.0  # 0 = off; see block_decode ("Token revision")
 
 
 def _positive_int(name: str, value) -> int:
@@ -89,6 +90,7 @@ def resolve_options(
     mask_token_id,
     eos_token_id,
     prompt_attention=None,
+    revision_threshold=0.0,
 ) -> DecodeOptions:
     """Check every argument and the model; raise ValueError naming the problem and its allowed values.
 
@@ -115,6 +117,7 @@ def resolve_options(
         top_p=top_p,
         remasking_strategy=remasking_strategy,
         confidence_threshold=confidence_threshold,
+        revision_threshold=revision_threshold,
     )
     vocab = model.config.get_text_config().vocab_size
     mask_id = mask_token_id if mask_token_id is not None else getattr(model.config, "mask_token_id", None)
@@ -147,6 +150,7 @@ def resolve_options(
         eos_token_ids=eos,
         banned_token_ids=tuple(banned),
         causal_prompt=prompt_attention == "causal",
+        revision_threshold=float(revision_threshold),
     )
 
 
@@ -160,6 +164,7 @@ def check_decode_arguments(
     top_p,
     remasking_strategy,
     confidence_threshold,
+    revision_threshold=0.0,
 ) -> None:
     """Model-free argument checks (``bard generate`` runs them before loading weights).
 
@@ -184,6 +189,11 @@ def check_decode_arguments(
         )
     if not 0.0 <= float(confidence_threshold) <= 1.0:
         raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold!r}")
+    if isinstance(revision_threshold, bool) or not 0.0 <= float(revision_threshold) < 1.0:
+        raise ValueError(f"revision_threshold must be in [0, 1) (0 = off), got {revision_threshold!r}")
+    if float(revision_threshold) > 0 and remasking_strategy != "low_confidence_dynamic":
+        raise ValueError("revision_threshold needs remasking_strategy='low_confidence_dynamic' (re-masked tokens "
+                         f"make a block's step count data-dependent), got {remasking_strategy!r}")
     # inf would turn every logit into 0/inf = NaN probabilities; NaN fails every comparison.
     if not (math.isfinite(float(temperature)) and float(temperature) >= 0.0):
         raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")

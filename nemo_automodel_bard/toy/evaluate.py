@@ -298,6 +298,8 @@ def run(args: argparse.Namespace) -> dict:
         for threshold in args.thresholds:
             settings = dict(block_size=block, denoising_steps=block, remasking_strategy="low_confidence_dynamic",
                             confidence_threshold=threshold, temperature=0.0)
+            if args.revision_threshold:
+                settings["revision_threshold"] = args.revision_threshold
             decode = bard_decoder(model, processor, args.max_new_tokens, **settings)
             results.append(evaluate(f"{label}@{threshold}", decode, examples, settings, batch_size=args.batch_size))
     out = {"split": args.split, "samples": len(examples), "results": [asdict(m) for m in results]}
@@ -338,6 +340,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--block-size", type=int, default=32)
     parser.add_argument("--thresholds", type=_thresholds, default=list(DEFAULT_THRESHOLDS))
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--revision-threshold", type=float, default=0.0,
+                        help="token revision of the Bard rows (generate's revision_threshold; 0 = off)")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=16, help="samples decoded per generate call")
     parser.add_argument("--out", default=None, help="folder for eval.json and accuracy_vs_throughput.png")
@@ -366,6 +370,8 @@ def check_args(args: argparse.Namespace) -> None:
     for name in ("block_size", "max_new_tokens", "threads"):
         if getattr(args, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be a positive integer, got {getattr(args, name)}")
+    if not 0.0 <= args.revision_threshold < 1.0:
+        raise ValueError(f"--revision-threshold must be in [0, 1) (0 = off), got {args.revision_threshold}")
     if args.limit is not None and args.limit <= 0:
         raise ValueError(f"--limit must be a positive integer, got {args.limit}")
     data = Path(args.data) / f"{args.split}.jsonl"

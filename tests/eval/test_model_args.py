@@ -65,6 +65,16 @@ def test_static_strategy_needs_steps_within_the_block(bard_dir):
                           "remasking_strategy": "low_confidence_static"})
 
 
+@pytest.mark.parametrize("args, message", [
+    ({"revision_threshold": "1.0"}, r"revision_threshold=1.0 must be in \[0, 1\)"),
+    ({"revision_threshold": "0.3", "remasking_strategy": "low_confidence_static"}, "needs remasking_strategy"),
+])
+def test_revision_threshold_is_checked(bard_dir, args, message):
+    assert parse_model_args({"pretrained": bard_dir, "revision_threshold": "0.3"}).revision_threshold == 0.3
+    with pytest.raises(ValueError, match=message):
+        parse_model_args({"pretrained": bard_dir, **args})
+
+
 def test_pretrained_must_be_a_checkpoint_folder(tmp_path):
     with pytest.raises(ValueError, match="pretrained=CHECKPOINT_FOLDER is required"):
         parse_model_args({"block_size": "4"})

@@ -95,6 +95,8 @@ def _run(model, *extra, image=None):
         (["--mask-token-id", str(TINY_IDS["image"])], "mask_token_id 5 is config.json's image_token_id"),
         (["--mask-token-id", "60"], "mask_token_id 60 is the tokenizer's token"),
         (["--video", "missing.mp4"], "--video missing.mp4: file not found"),
+        (["--revision-threshold", "1"], "revision_threshold must be in [0, 1)"),
+        (["--revision-threshold", "0.2", "--remasking-strategy", "low_confidence_static"], "needs remasking_strategy"),
     ],
 )
 def test_bad_arguments_fail_before_loading(checkpoints, capsys, no_weight_loading, extra, message):

@@ -76,6 +76,7 @@ def no_model_loading(monkeypatch):
         (["--block-size", "0"], "--block-size must be a positive integer"),
         (["--limit", "-1"], "--limit must be a positive integer"),
         (["--split", "dev"], "no dev.jsonl there"),
+        (["--revision-threshold", "1.5"], "--revision-threshold must be in [0, 1)"),
     ],
 )
 def test_argument_errors_come_before_any_model_loads(toy_data, capsys, no_model_loading, extra, message):

@@ -350,6 +350,7 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         streamer: Any = None,
         prompt_attention: str | None = None,
         compile: bool | dict = False,
+        revision_threshold: float = 0.0,
         **hf_kwargs: Any,
     ):
         """Exact-cache, batched block-diffusion decoding; see ``nemo_automodel_bard.generation.block_decode``.
@@ -357,7 +358,9 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
         ``generate(batch, max_new_tokens, ...)`` (the processor output first) returns the
         response only. ``block_size`` and ``prompt_attention`` default to the checkpoint's
         config, ``denoising_steps`` to ``block_size``; ``temperature``/``top_k``/``top_p`` left
-        as None mean 0.0 (greedy) / 0 / 1.0; ``compile=True`` compiles the denoising steps.
+        as None mean 0.0 (greedy) / 0 / 1.0; ``compile=True`` compiles the denoising steps;
+        ``revision_threshold > 0`` re-masks committed tokens of the current block whose
+        probability fell below it (dynamic strategy; for mixed-noise-trained models).
         ``generate(**batch, max_new_tokens=..., do_sample=..., generation_config=...)`` is
         Hugging Face's convention and returns prompt + response rows
         (``nemo_automodel_bard.generation.hf_compat``).
@@ -385,6 +388,7 @@ class BardVLForConditionalGeneration(AutoModelQwen3VLForConditionalGeneration):
             streamer=streamer,
             prompt_attention=prompt_attention,
             compile=compile,
+            revision_threshold=revision_threshold,
         )
         if is_hf_call(batch, hf_kwargs):
             return hf_generate(self, batch, options, **hf_kwargs)
