@@ -7,7 +7,11 @@ Each row changes one thing and keeps the data and the number of optimizer steps:
 * ``swd_ar`` / ``swd_none``: SWD from the same PBM B=32 student with the AR source as teacher,
   or no teacher (CE only), vs the B=4 anchor (``swd_anchor``, the main run's SWD);
 * ``mixed_pbm_b32``: the progressive stages with ``bard.noise.schedule: mixed`` instead of
-  mask-only noise.
+  mask-only noise;
+* with ``--revision-threshold R``: ``mixed_pbm_b32+rev`` / ``swd_anchor+rev``, the same
+  checkpoints decoded with token revision (``generate(revision_threshold=R)``).
+
+A variant whose checkpoint already exists is not trained again (delete its folder to retrain).
 
 Every checkpoint is evaluated at B=32 with the same decoding settings on the same test
 samples (the threshold the run chose on val, else 0.9), and each claim is a paired
@@ -43,7 +47,10 @@ COMPARISONS = (
     ("swd_anchor", "swd_ar", "the small-block anchor beats the AR teacher"),
     ("swd_anchor", "swd_none", "the anchor beats no teacher (CE only)"),
     ("pbm_b32", "mixed_pbm_b32", "mask-only noise vs mixed noise"),
+    ("mixed_pbm_b32+rev", "mixed_pbm_b32", "token revision on the mixed-noise model"),
+    ("swd_anchor+rev", "swd_anchor", "token revision on a mask-only model"),
 )
+REVISED = ("mixed_pbm_b32", "swd_anchor")  # rows decoded again with --revision-threshold
 
 
 @dataclass(frozen=True)
@@ -164,7 +171,7 @@ def _resolve_checkpoint(path: Path) -> Path:
 
 
 def _evaluate(checkpoint: Path, data: Path, limit: int | None, block_size: int, threshold: float,
-              max_new_tokens: int) -> dict:
+              max_new_tokens: int, revision: float = 0.0) -> dict:
     from transformers import AutoProcessor
 
     from nemo_automodel_bard.toy.evaluate import bard_decoder, evaluate, load_bard, load_examples
@@ -173,6 +180,8 @@ def _evaluate(checkpoint: Path, data: Path, limit: int | None, block_size: int, 
     model, processor = load_bard(checkpoint), AutoProcessor.from_pretrained(str(checkpoint))
     settings = dict(block_size=block_size, denoising_steps=block_size, remasking_strategy="low_confidence_dynamic",
                     confidence_threshold=threshold, temperature=0.0)
+    if revision:
+        settings["revision_threshold"] = revision
     return asdict(evaluate(checkpoint.name, bard_decoder(model, processor, max_new_tokens, **settings), examples, settings))
 
 
@@ -198,6 +207,13 @@ def _comparison_table(items: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _trained(path: Path | None) -> bool:
+    try:
+        return path is not None and _resolve_checkpoint(path) is not None
+    except FileNotFoundError:
+        return False
+
+
 def _table(rows: list[dict]) -> str:
     lines = ["| row | what changes | exact match | token acc | TPF | tokens/s | train s | reproduce |",
              "|---|---|---|---|---|---|---|---|"]
@@ -209,7 +225,8 @@ def _table(rows: list[dict]) -> str:
 
         lines.append(f"| {r['name']} | {r['description']} | {cell('exact_match', '{:.3f}')} | "
                      f"{cell('token_accuracy', '{:.3f}')} | {cell('tpf', '{:.2f}')} | {cell('tokens_per_s', '{:.1f}')} | "
-                     f"{r.get('train_s', 0):.0f} | `{r['command'] or 'main run (bard demo)'}` |")
+                     f"{'reused' if r.get('reused') else format(r.get('train_s', 0), '.0f')} | "
+                     f"`{r['command'] or 'main run (bard demo)'}` |")
     return "\n".join(lines)
 
 
@@ -224,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=None,
                         help="confidence threshold of every row (default: the run's val-chosen one, else 0.9)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--revision-threshold", type=float, default=0.0,
+                        help=f"also decode {', '.join(REVISED)} with token revision at this threshold (0 = off)")
     parser.add_argument("--extra", nargs=argparse.REMAINDER, default=[],
                         help="overrides added to every training command (e.g. the demo's step counts)")
     args = parser.parse_args(argv)
@@ -249,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         if variant.recipe is not None:
             command = train_command(variant)
             row["command"] = shlex.join(["bard", *command[3:]])
+        if variant.recipe is not None and _trained(variant.checkpoint):
+            print(f"[ablation {variant.name}] reusing {variant.checkpoint}", flush=True)
+            row["reused"] = True
+        elif variant.recipe is not None:
             print(f"[ablation {variant.name}] {row['command']}", flush=True)
             start = time.time()
             result = subprocess.run(command, check=False)
@@ -263,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         row["metrics"] = _evaluate(checkpoint, run.path("data"), args.limit, args.block_size, threshold,
                                    args.max_new_tokens)
         rows.append(row)
+        if args.revision_threshold and variant.name in REVISED:
+            revised = {**row, "name": f"{variant.name}+rev", "reused": True,
+                       "description": f"{variant.description}, token revision {args.revision_threshold}",
+                       "metrics": _evaluate(checkpoint, run.path("data"), args.limit, args.block_size, threshold,
+                                            args.max_new_tokens, args.revision_threshold)}
+            rows.append(revised)
         (out_dir / "ablations.json").write_text(json.dumps(rows, indent=1))
     compared = comparisons(rows)
     (out_dir / "ablations.json").write_text(json.dumps({"threshold": threshold, "rows": rows, "comparisons": compared},

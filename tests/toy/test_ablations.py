@@ -101,3 +101,30 @@ def test_comparisons_are_paired_differences_of_the_rows_that_were_evaluated():
     better = out[("swd_anchor", "swd_ar")]
     # per-sample differences 1, 1, 1, 0: every resample's mean lies in [0, 100] points
     assert better["diff"] == 75.0 and 0.0 <= better["low"] <= 75.0 <= better["high"] <= 100.0
+
+
+def test_finished_variants_are_reused_and_revision_rows_added(run, monkeypatch, tmp_path):
+    """A second run with --revision-threshold trains nothing and decodes the revised rows too."""
+    from nemo_automodel_bard.toy import ablations
+
+    (run.pbm_stage(32) / "config.json").write_text("{}")
+    for folder in ("direct_b32/stage_0_b32/hf", "mixed_pbm/stage_3_b32/hf"):
+        (run.root / "ablations" / folder).mkdir(parents=True)
+        (run.root / "ablations" / folder / "config.json").write_text("{}")
+    calls = []
+    monkeypatch.setattr(ablations.subprocess, "run", lambda *a, **k: calls.append(a) or None)
+
+    def fake_eval(checkpoint, data, limit, block, threshold, max_new, revision=0.0):
+        return {"hits": [1, 0] if revision else [0, 0], "exact_match": 0.5 if revision else 0.0}
+
+    monkeypatch.setattr(ablations, "_evaluate", fake_eval)
+    assert ablations.main(["--run", str(run.root), "--only", "pbm_b32,direct_b32,mixed_pbm_b32",
+                           "--revision-threshold", "0.3"]) == 0
+    assert calls == []  # both trained variants existed
+    out = json.loads((run.root / "ablations" / "ablations.json").read_text())
+    rows = {r["name"]: r for r in out["rows"]}
+    assert set(rows) == {"pbm_b32", "direct_b32", "mixed_pbm_b32", "mixed_pbm_b32+rev"}
+    assert rows["direct_b32"]["reused"] and rows["direct_b32"]["command"].startswith("bard finetune")
+    compared = {(c["row"], c["against"]): c for c in out["comparisons"]}
+    assert compared[("mixed_pbm_b32+rev", "mixed_pbm_b32")]["diff"] == 50.0
+    assert "reused" in (run.root / "ablations" / "ablations.md").read_text()
