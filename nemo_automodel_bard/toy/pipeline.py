@@ -18,8 +18,9 @@ Stages (each logged to ``OUT/logs/<stage>.log``, progress echoed):
                AR and Bard tokens/s timed interleaved at batch 1 and 8 (``toy/stats.py``);
                ``accuracy_vs_throughput.png``, ``summary.json``, a table.
 
-``bard demo [--quick] [--out DIR] [--data DIR]``. ``--quick`` shrinks every stage (CI smoke
-test); its numbers mean nothing.
+``bard demo [--quick | --profile full] [--out DIR] [--data DIR]``. ``--quick`` shrinks every
+stage (CI smoke test); its numbers mean nothing. ``--profile full`` trains PBM and SWD about
+three times longer than the default (about 30 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -68,6 +69,9 @@ class Profile:
 PROFILES = {
     "default": Profile(train=4000, test=1000, val=300, ar_curriculum="default", pbm_steps=(1000, 150, 150, 500), swd_steps=300,
                        batch_size=16, thresholds=(0.3, 0.5, 0.7, 0.9, 0.95), warmup=5),
+    # 3x the PBM B=4 steps (the anchor), 3x SWD, twice the B=32 stage
+    "full": Profile(train=4000, test=1000, val=300, ar_curriculum="default", pbm_steps=(3000, 300, 300, 1000),
+                    swd_steps=900, batch_size=16, thresholds=(0.3, 0.5, 0.7, 0.9, 0.95), warmup=5),
     "quick": Profile(train=64, test=6, val=6, ar_curriculum="read:1-3:1,all:4-8:2", pbm_steps=(2, 2, 2, 2), swd_steps=2,
                      batch_size=4, thresholds=(0.5, 0.9), warmup=1, eval_batch_size=4, speed_prompts=6,
                      speed_repeats=2, test_sweep=True, ar_steps=4),
@@ -370,6 +374,8 @@ def main(argv: list[str]) -> int:
     """``bard demo`` entry point."""
     parser = argparse.ArgumentParser(prog="bard demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes for a smoke test (numbers are meaningless)")
+    parser.add_argument("--profile", choices=sorted(PROFILES), default=None,
+                        help="default (~12 min on 2 CPU cores), full (~3x the PBM/SWD steps) or quick (= --quick)")
     parser.add_argument("--out", default="runs/toy", help="run folder (stages already done there are reused)")
     parser.add_argument("--retrain-ar", action="store_true", help="train the AR model instead of using the shipped one")
     parser.add_argument("--data", type=Path, default=None,
@@ -383,7 +389,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--test", type=int, default=None, help="test samples to evaluate")
     parser.add_argument("--val", type=int, default=None, help="val samples the threshold is chosen on")
     args = parser.parse_args(argv)
-    mode = "quick" if args.quick else "default"
+    if args.quick and args.profile not in (None, "quick"):
+        parser.error(f"--quick and --profile {args.profile} contradict each other")
+    mode = "quick" if args.quick else args.profile or "default"
     options = (("pbm_steps", args.pbm_steps), ("swd_steps", args.swd_steps), ("test", args.test), ("val", args.val),
                ("ar_steps", args.ar_steps))
     changes = {k: v for k, v in options if v is not None}

@@ -166,3 +166,14 @@ def test_demo_refuses_a_dataset_it_cannot_serve_and_bad_flag_mixes(tmp_path):
     assert proc.returncode == 2 and "--retrain-ar is for the toy task" in proc.stderr
     proc = _demo("--quick", "--ar-steps", "5", timeout=300)
     assert proc.returncode == 2 and "--ar-steps sets the AR training of --data" in proc.stderr
+    proc = _demo("--quick", "--profile", "full", timeout=300)
+    assert proc.returncode == 2 and "--quick and --profile full contradict each other" in proc.stderr
+
+
+def test_full_profile_trains_longer_than_the_default_on_the_same_evaluation():
+    from nemo_automodel_bard.toy.pipeline import PROFILES
+
+    full, default = PROFILES["full"], PROFILES["default"]
+    assert all(f >= d for f, d in zip(full.pbm_steps, default.pbm_steps)) and full.swd_steps > default.swd_steps
+    assert (full.test, full.val, full.thresholds, full.train) == (default.test, default.val, default.thresholds,
+                                                                  default.train)
