@@ -506,8 +506,10 @@ def check_config(config: Mapping[str, Any], extra_sections: frozenset[str] = fro
         problems += swd_section_problems(config)
     problems += _warmup_problems(config, pbm)
     if check_paths:
+        teacher = config.get("teacher")
+        unused = {"teacher_model"} if isinstance(teacher, Mapping) and teacher.get("kind") == "none" else set()
         for section in _MODEL_PATH_SECTIONS:
-            node = config.get(section)
+            node = config.get(section) if section not in unused else None  # teacher.kind none loads no teacher
             if isinstance(node, Mapping):
                 problem = model_path_problem(f"{section}.pretrained_model_name_or_path", node.get("pretrained_model_name_or_path"))
                 if problem:

@@ -216,6 +216,21 @@ def test_every_problem_is_reported_in_one_message(tmp_path):
         assert expected in message, (expected, message)
 
 
+def test_teacher_folder_is_checked_only_when_a_teacher_is_loaded(tmp_path):
+    """``teacher.kind: none`` (CE-only SWD) never loads ``teacher_model``: a stale path there is no problem."""
+    import yaml
+
+    from nemo_automodel_bard.recipes.launch import packaged_yaml
+
+    config = yaml.safe_load(packaged_yaml("toy_swd.yaml").read_text())
+    config["model"]["pretrained_model_name_or_path"] = str(tmp_path)
+    config["teacher_model"]["pretrained_model_name_or_path"] = str(tmp_path / "no_teacher")
+    with pytest.raises(ConfigKeyError, match=r"teacher_model.pretrained_model_name_or_path: folder not found"):
+        check_config(config, {"teacher_model", "teacher", "distill"}, check_paths=True)
+    config["teacher"]["kind"] = "none"
+    check_config(config, {"teacher_model", "teacher", "distill"}, check_paths=True)
+
+
 def test_stage_max_steps_below_warmup_and_swd_sections():
     config = _tiny_yaml()
     config["pbm"]["stages"][0]["max_steps"] = 1
