@@ -507,7 +507,9 @@ def check_config(config: Mapping[str, Any], extra_sections: frozenset[str] = fro
     problems += _warmup_problems(config, pbm)
     if check_paths:
         teacher = config.get("teacher")
-        unused = {"teacher_model"} if isinstance(teacher, Mapping) and teacher.get("kind") == "none" else set()
+        # kind None: AutoModel's CLI parser reads `--teacher.kind=none` as None (TeacherSettings: "none")
+        no_teacher = isinstance(teacher, Mapping) and (teacher.get("kind", "anchor") or "none") == "none"
+        unused = {"teacher_model"} if no_teacher else set()
         for section in _MODEL_PATH_SECTIONS:
             node = config.get(section) if section not in unused else None  # teacher.kind none loads no teacher
             if isinstance(node, Mapping):

@@ -227,8 +227,9 @@ def test_teacher_folder_is_checked_only_when_a_teacher_is_loaded(tmp_path):
     config["teacher_model"]["pretrained_model_name_or_path"] = str(tmp_path / "no_teacher")
     with pytest.raises(ConfigKeyError, match=r"teacher_model.pretrained_model_name_or_path: folder not found"):
         check_config(config, {"teacher_model", "teacher", "distill"}, check_paths=True)
-    config["teacher"]["kind"] = "none"
-    check_config(config, {"teacher_model", "teacher", "distill"}, check_paths=True)
+    for kind in ("none", None):  # None: how AutoModel's CLI parser reads --teacher.kind=none
+        config["teacher"]["kind"] = kind
+        check_config(config, {"teacher_model", "teacher", "distill"}, check_paths=True)
 
 
 def test_stage_max_steps_below_warmup_and_swd_sections():
