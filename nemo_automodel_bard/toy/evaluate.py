@@ -250,19 +250,28 @@ def timed_speedups(ar: Decoder, bard: Decoder, examples: list[dict], batch_sizes
     """Bard / AR tokens/s, both timed interleaved chunk by chunk over the same prompts.
 
     Returns ``{"batch_<b>": {"speedup": median_iqr, "ar_tokens_per_s": median_iqr,
-    "bard_tokens_per_s": median_iqr, "prompts", "repeats"}}`` per batch size.
+    "bard_tokens_per_s": median_iqr, "bard_tpf", "prompts", "repeats"}}`` per batch size;
+    ``bard_tpf`` is Bard's tokens per forward on the timed prompts (the speed ratio's ceiling).
     """
     from nemo_automodel_bard.toy.stats import interleaved_timing
 
-    def tokens_of(decode: Decoder) -> Callable[[list[dict]], int]:
-        return lambda chunk: sum(r.tokens for r in decode(chunk))
+    def tokens_of(decode: Decoder, counts: list[int]) -> Callable[[list[dict]], int]:
+        def run(chunk: list[dict]) -> int:
+            results = decode(chunk)
+            counts[0] += sum(r.tokens for r in results)
+            counts[1] += sum(r.forwards for r in results)
+            return sum(r.tokens for r in results)
+        return run
 
     ar(examples[:1]), bard(examples[:1])  # untimed warm-up, as in evaluate()
     out = {}
     for b in batch_sizes:
-        timing = interleaved_timing({"ar": tokens_of(ar), "bard": tokens_of(bard)}, chunked(examples, b), repeats)
+        bard_counts = [0, 0]  # tokens, forwards over every repetition
+        timing = interleaved_timing({"ar": tokens_of(ar, [0, 0]), "bard": tokens_of(bard, bard_counts)},
+                                    chunked(examples, b), repeats)
         out[f"batch_{b}"] = {"speedup": timing["ratio"]["bard"], "ar_tokens_per_s": timing["tokens_per_s"]["ar"],
-                             "bard_tokens_per_s": timing["tokens_per_s"]["bard"], "prompts": len(examples),
+                             "bard_tokens_per_s": timing["tokens_per_s"]["bard"],
+                             "bard_tpf": bard_counts[0] / max(bard_counts[1], 1), "prompts": len(examples),
                              "repeats": repeats}
     return out
 

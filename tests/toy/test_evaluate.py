@@ -155,3 +155,7 @@ def test_timed_speedups_reports_both_batch_sizes(shipped_models):
     for entry in out.values():
         assert len(entry["speedup"]["values"]) == 2 and entry["speedup"]["median"] > 0
         assert entry["ar_tokens_per_s"]["median"] > 0 and entry["prompts"] == 4
+    # the timed prompts' TPF is the same decode's, alone
+    alone = bard_decoder(bard, processor, 16, **settings)(examples[:4])
+    expected = sum(r.tokens for r in alone) / sum(r.forwards for r in alone)
+    assert out["batch_1"]["bard_tpf"] == pytest.approx(expected)
