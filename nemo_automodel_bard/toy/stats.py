@@ -98,7 +98,9 @@ def interleaved_timing(decoders: dict[str, Callable[[Any], int]], chunks: Sequen
     from chunk to chunk so that no decoder always runs first after the previous chunk.
 
     Args:
-        decoders: name -> callable decoding one chunk and returning the tokens it generated.
+        decoders: name -> callable decoding one chunk and returning the tokens it generated, or
+            ``(tokens, seconds)`` when it times itself (e.g. the ``generate`` call only, without
+            building the prompt tensors); otherwise the clock times the whole call.
         chunks: the prompt chunks (e.g. lists of examples of the batch size being timed).
         repeats: passes over all chunks; each pass gives one tokens/s per decoder.
         clock: seconds (injectable for tests).
@@ -120,8 +122,12 @@ def interleaved_timing(decoders: dict[str, Callable[[Any], int]], chunks: Sequen
             for name in names[shift:] + names[:shift]:
                 order.append((rep, c, name))
                 start = clock()
-                tokens[name] += decoders[name](chunk)
-                seconds[name] += clock() - start
+                out = decoders[name](chunk)
+                elapsed = clock() - start
+                if isinstance(out, tuple):
+                    out, elapsed = out
+                tokens[name] += out
+                seconds[name] += elapsed
         for name in names:
             rates[name].append(tokens[name] / seconds[name] if seconds[name] > 0 else 0.0)
     base = names[0]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -95,6 +96,23 @@ def test_quick_demo_writes_complete_summary(tmp_path):
         assert rows[name]["exact_match"] == pytest.approx(matches / len(examples)), name
     assert summary["accuracy_gap_points"] == pytest.approx(
         100 * (rows["AR"]["exact_match"] - rows["swd_b32@0.9"]["exact_match"]))
+    assert summary["speed"]["batch_1"]["bard_tpf"] > 0
+
+    # benchmarks/toy_speed.py on the same run: its hooks see every forward generate counts,
+    # and the parts add up to the measured total
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    import toy_speed
+
+    result = toy_speed.measure(out, prompts=3, repeats=1, threshold=0.9, max_new_tokens=32)
+    bard_rows = [ev.bard_decoder(swd, processor, 32, **settings)([e])[0] for e in examples[:3]]
+    bard, ar = result["split_ms"]["bard"], result["split_ms"]["ar"]
+    assert bard["forwards_per_answer"] == pytest.approx(sum(r.forwards for r in bard_rows) / 3)
+    assert bard["tokens_per_answer"] == pytest.approx(sum(r.tokens for r in bard_rows) / 3)
+    assert ar["forwards_per_answer"] == pytest.approx(ar["tokens_per_answer"])
+    for split in (ar, bard):
+        assert sum(split[p] for p in toy_speed.PARTS) == pytest.approx(split["total"])
+        assert min(split[p] for p in toy_speed.PARTS if p != "loop") > 0
+    assert result["speedup"] > 0 and toy_speed.bounds(result)["bard_loop_free"] > 0
 
 
 def test_retrain_ar_stage_trains_through_the_automodel_recipe(tmp_path):

@@ -137,3 +137,26 @@ def test_interleaved_timing_order_and_medians():
     assert timing["tokens_per_s"]["bard"]["median"] == pytest.approx(40.0)
     assert timing["ratio"]["bard"]["values"] == pytest.approx([2.0, 2.0, 2.0])
     assert timing["ratio"]["bard"]["median"] == pytest.approx(2.0) and timing["ratio"]["bard"]["iqr"] == pytest.approx(0)
+
+
+def test_interleaved_timing_uses_the_seconds_a_decoder_measured_itself():
+    clock = _FakeClock()
+
+    def self_timed(prepare: float, generate: float):
+        def decode(chunk):
+            clock.now += (prepare + generate) * len(chunk)  # the wall clock sees both
+            return 10 * len(chunk), generate * len(chunk)  # only generate is reported
+        return decode
+
+    # same generate time, very different preparation: the ratio is the generate ratio only
+    timing = interleaved_timing({"ar": self_timed(1.0, 0.5), "bard": self_timed(0.0, 0.25)}, [[0], [1, 2]],
+                                repeats=2, clock=clock)
+    assert timing["tokens_per_s"]["ar"]["median"] == pytest.approx(20.0)
+    assert timing["ratio"]["bard"]["median"] == pytest.approx(2.0)
+    # plain int answers keep the wall clock
+    def wall_timed(chunk):
+        clock.now += 1.0
+        return 10
+
+    plain = interleaved_timing({"ar": wall_timed}, [[0]], repeats=1, clock=clock)
+    assert plain["tokens_per_s"]["ar"]["median"] == pytest.approx(10.0)
