@@ -39,7 +39,7 @@ from pathlib import Path
 
 from nemo_automodel_bard.recipes.launch import packaged_yaml
 
-__all__ = ["Profile", "PROFILES", "main", "run_pipeline", "summary_fields"]
+__all__ = ["Profile", "PROFILES", "StaleRunError", "check_reuse", "main", "run_pipeline", "summary_fields"]
 
 ASSET_AR = Path(__file__).resolve().parent / "assets" / "ar"
 
@@ -317,11 +317,47 @@ def stage_data(out: Path, profile: Profile, seed: int, data: Path | None) -> dic
             "max_new_tokens": 32 * blocks, "max_length": max(256, 64 * ceil(needed / 64))}
 
 
+# What the reused stages were made with; the evaluation fields may change between runs.
+TRAINING_FIELDS = ("train", "ar_curriculum", "pbm_steps", "swd_steps", "batch_size", "warmup", "ar_steps")
+
+
+class StaleRunError(ValueError):
+    """``--out`` holds stages made with other training settings than this run asks for."""
+
+
+def check_reuse(out: Path, profile: Profile, seed: int, data: Path | None) -> None:
+    """Refuse to reuse stages of ``out`` trained with other settings; record this run's (``OUT/run.json``).
+
+    Finished stages are reused by their presence alone, so a changed ``--pbm-steps`` (or
+    profile, seed, dataset) on an old folder would evaluate the old checkpoints under the
+    new settings' name. Runs from before ``run.json`` are checked against ``summary.json``.
+    """
+    wanted = {"seed": seed, "data": str(data) if data is not None else None,
+              **{k: v for k, v in json.loads(json.dumps(asdict(profile))).items() if k in TRAINING_FIELDS}}
+    if data is None:
+        wanted.pop("ar_steps")  # the toy task's AR comes from its curriculum
+    record = out / "run.json"
+    previous = None
+    if record.is_file():
+        previous = json.loads(record.read_text())
+    elif (out / "summary.json").is_file():
+        old = json.loads((out / "summary.json").read_text()).get("profile") or {}
+        previous = {k: old[k] for k in wanted if k in old}
+    if previous:
+        changed = {k: (previous[k], v) for k, v in wanted.items() if k in previous and previous[k] != v}
+        if changed:
+            what = "; ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in changed.items())
+            raise StaleRunError(f"{out} holds stages made with other settings ({what}); its checkpoints would be "
+                                f"reused under this run's name: pass a new --out or remove {out}")
+    out.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(wanted, indent=1))
+
+
 def run_pipeline(out: Path, mode: str, retrain_ar: bool, seed: int = 0, profile: Profile | None = None,
                  data: Path | None = None) -> dict:
     """All stages; returns (and writes) the summary. ``data``: a dataset folder instead of the toy task."""
     profile = profile or PROFILES[mode]
-    out.mkdir(parents=True, exist_ok=True)
+    check_reuse(out, profile, seed, data)
     timings: dict[str, float] = {}
     notes: dict[str, str] = {}
     start_all = time.time()
@@ -409,7 +445,7 @@ def main(argv: list[str]) -> int:
 
     try:
         run_pipeline(Path(args.out), mode, args.retrain_ar, args.seed, replace(PROFILES[mode], **changes), args.data)
-    except DataError as err:  # a dataset --data cannot serve: the message names the file and line
+    except (DataError, StaleRunError) as err:  # a dataset --data cannot serve (file and line), a stale --out
         print(f"bard demo: {err}", file=sys.stderr)
         return 2
     return 0

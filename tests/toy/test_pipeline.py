@@ -195,3 +195,28 @@ def test_full_profile_trains_longer_than_the_default_on_the_same_evaluation():
     assert all(f >= d for f, d in zip(full.pbm_steps, default.pbm_steps)) and full.swd_steps > default.swd_steps
     assert (full.test, full.val, full.thresholds, full.train) == (default.test, default.val, default.thresholds,
                                                                   default.train)
+
+
+def test_a_folder_made_with_other_training_settings_is_not_reused(tmp_path):
+    from dataclasses import replace
+
+    from nemo_automodel_bard.toy.pipeline import PROFILES, StaleRunError, check_reuse
+
+    quick = PROFILES["quick"]
+    check_reuse(tmp_path, quick, seed=0, data=None)
+    check_reuse(tmp_path, replace(quick, test=3, thresholds=(0.7,)), seed=0, data=None)  # evaluation only: reused
+    for changed, field in ((replace(quick, pbm_steps=(3, 2, 2, 2)), "pbm_steps"), (replace(quick, swd_steps=9), "swd_steps")):
+        with pytest.raises(StaleRunError, match=field):
+            check_reuse(tmp_path, changed, seed=0, data=None)
+    with pytest.raises(StaleRunError, match="seed"):
+        check_reuse(tmp_path, quick, seed=1, data=None)
+    # a run from before run.json: its summary's profile is the record
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    (legacy / "summary.json").write_text(json.dumps({"profile": {"pbm_steps": [1000, 150, 150, 500], "swd_steps": 300}}))
+    with pytest.raises(StaleRunError, match=r"pbm_steps: \[1000, 150, 150, 500\] there"):
+        check_reuse(legacy, PROFILES["default"], seed=0, data=None)
+    # the command line: exit 2 before any stage runs
+    proc = _demo("--quick", "--pbm-steps", "3,2,2,2", "--out", str(tmp_path), timeout=300)
+    assert proc.returncode == 2 and "pass a new --out" in proc.stderr
+    assert not (tmp_path / "data").exists()
