@@ -146,9 +146,15 @@ def stage_pbm(out: Path, init: Path, profile: Profile, extra: list[str]) -> Path
 
 def stage_swd(out: Path, student: Path, teacher: Path, profile: Profile, kind: str = "anchor",
               name: str = "swd", extra: list[str] | None = None) -> Path:
-    """SWD of the B=32 student; returns its final consolidated checkpoint."""
+    """SWD of the B=32 student; returns its final consolidated checkpoint (reused when finished)."""
     from nemo_automodel_bard.recipes.pbm import find_final_consolidated
 
+    final = find_final_consolidated(out / name)
+    # finished: the last step's export (check_reuse vouches for the settings). Not relaunched:
+    # AutoModel refuses to restore a checkpoint whose model path moved (a copied run folder),
+    # retrains from scratch and then fails on the existing step folders.
+    if final is not None and final.parents[1].name.endswith(f"_step_{profile.swd_steps - 1}"):
+        return final
     cmd = _bard("finetune", "--recipe", "bard_swd", "--config", str(_yaml("toy_swd.yaml")),
                 "--model.pretrained_model_name_or_path", str(student),
                 "--teacher_model.pretrained_model_name_or_path", str(teacher),

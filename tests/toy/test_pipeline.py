@@ -220,3 +220,21 @@ def test_a_folder_made_with_other_training_settings_is_not_reused(tmp_path):
     proc = _demo("--quick", "--pbm-steps", "3,2,2,2", "--out", str(tmp_path), timeout=300)
     assert proc.returncode == 2 and "pass a new --out" in proc.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_finished_swd_stage_is_reused_without_relaunching_the_recipe(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from nemo_automodel_bard.toy import pipeline
+
+    launched = []
+    monkeypatch.setattr(pipeline, "_run_logged", lambda name, cmd, log, **kw: launched.append(name))
+    profile = replace(pipeline.PROFILES["quick"], swd_steps=300)
+    final = tmp_path / "swd" / "epoch_1_step_299" / "model" / "consolidated"
+    final.mkdir(parents=True)
+    (final / "config.json").write_text("{}")
+    (final / "model.safetensors").write_bytes(b"x")
+    assert pipeline.stage_swd(tmp_path, tmp_path / "s", tmp_path / "t", profile) == final and launched == []
+    # a checkpoint of an earlier step is not the finished stage: the recipe runs (and resumes)
+    assert pipeline.stage_swd(tmp_path, tmp_path / "s", tmp_path / "t", replace(profile, swd_steps=600)) == final
+    assert launched == ["swd"]
