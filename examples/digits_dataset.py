@@ -20,11 +20,12 @@ from train.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
 from PIL import Image
+
+from nemo_automodel_bard.toy.data_dir import messages_row, write_split
 
 WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 QUESTIONS = {"digit": "which digit is written ?", "parity": "is the digit odd or even ?"}
@@ -69,12 +70,8 @@ def write_dataset(out_dir: str | Path, *, test: int = 297, limit: int | None = N
             task = tasks[i]
             image = f"images/{i:04d}.png"
             to_image(images[i]).save(out_dir / image)
-            rows.append({"task": task, "messages": [
-                {"role": "user", "content": [{"type": "image", "image": image},
-                                             {"type": "text", "text": QUESTIONS[task]}]},
-                {"role": "assistant", "content": [{"type": "text", "text": answer_for(int(targets[i]), task)}]}]})
-        paths[split] = out_dir / f"{split}.jsonl"
-        paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            rows.append(messages_row(image, QUESTIONS[task], answer_for(int(targets[i]), task), task))
+        paths[split] = write_split(out_dir / f"{split}.jsonl", rows)
     return paths
 
 

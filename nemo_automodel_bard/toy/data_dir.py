@@ -19,7 +19,7 @@ from pathlib import Path
 
 from nemo_automodel_bard.toy.processor import ROLE_WORDS, SPECIALS, words_of
 
-__all__ = ["DataError", "DataInfo", "MAX_WORDS", "read_split", "prepare_data"]
+__all__ = ["DataError", "DataInfo", "MAX_WORDS", "messages_row", "read_split", "prepare_data", "write_split"]
 
 MAX_WORDS = 30_000  # a word-level vocabulary beyond this is not a small dataset for the tiny model
 
@@ -92,6 +92,23 @@ def _record(raw: dict, path: Path, line: int) -> dict:
     return {"id": line, **({"task": task} if task else {}), "answer": answer,
             "messages": [{"role": "user", "content": user_parts},
                          {"role": "assistant", "content": [{"type": "text", "text": answer}]}]}
+
+
+def messages_row(image: str, question: str, answer: str, task: str | None = None) -> dict:
+    """One row in the upstream ``messages`` schema: a user turn (image, question), the answer turn."""
+    row = {"task": task} if task is not None else {}
+    row["messages"] = [
+        {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]},
+        {"role": "assistant", "content": [{"type": "text", "text": answer}]},
+    ]
+    return row
+
+
+def write_split(path: str | Path, rows: list[dict]) -> Path:
+    """Write ``rows`` as one jsonl split (the file :func:`read_split` reads)."""
+    path = Path(path)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
 
 
 def read_split(path: str | Path) -> list[dict]:

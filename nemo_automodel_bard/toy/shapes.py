@@ -18,11 +18,12 @@ pipeline's word-level vocabulary is built from the data.
 from __future__ import annotations
 
 import argparse
-import json
 import random
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from nemo_automodel_bard.toy.data_dir import messages_row, write_split
 
 __all__ = ["SHAPES", "COLOURS", "QUESTIONS", "answer_for", "render", "write_dataset", "main"]
 
@@ -79,12 +80,8 @@ def write_dataset(out_dir: str | Path, *, train: int = 400, test: int = 100, see
             seen.add(key)
             image = f"images/{split}_{len(rows):05d}.png"
             render(items).save(out_dir / image)
-            rows.append({"task": task, "messages": [
-                {"role": "user", "content": [{"type": "image", "image": image},
-                                             {"type": "text", "text": QUESTIONS[task]}]},
-                {"role": "assistant", "content": [{"type": "text", "text": answer_for(items, task)}]}]})
-        paths[split] = out_dir / f"{split}.jsonl"
-        paths[split].write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+            rows.append(messages_row(image, QUESTIONS[task], answer_for(items, task), task))
+        paths[split] = write_split(out_dir / f"{split}.jsonl", rows)
     return paths
 
 

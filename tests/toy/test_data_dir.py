@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from nemo_automodel_bard.toy.data_dir import DataError, prepare_data, read_split
+from nemo_automodel_bard.toy.data_dir import DataError, messages_row, prepare_data, read_split, write_split
 
 
 def _row(image="a.png", question="what is it ?", answer="a red circle", task=None, **extra):
@@ -34,6 +34,15 @@ def test_rows_are_normalised_with_absolute_images_and_answer(tmp_path):
                                {"type": "text", "text": "what is it ?"}]
     assert rows[0]["answer"] == assistant["content"][0]["text"] == "a red circle"
     assert rows[1]["id"] == 3  # the line number
+
+
+def test_written_rows_read_back(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    path = write_split(tmp_path / "test.jsonl", [messages_row("a.png", "what is it ?", "a red circle", "colour"),
+                                                 messages_row("a.png", "what is it ?", "blue")])
+    rows = read_split(path)
+    assert [r.get("task") for r in rows] == ["colour", None] and [r["answer"] for r in rows] == ["a red circle", "blue"]
+    assert rows[0]["messages"][0]["content"][0]["image"] == str((tmp_path / "a.png").resolve())
 
 
 @pytest.mark.parametrize("row, match", [
