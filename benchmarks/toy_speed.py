@@ -2,7 +2,7 @@
 
 On a finished ``bard demo`` run, the AR source and the SWD B=32 model (at the run's chosen
 threshold) decode the same test prompts one at a time, alternating per prompt, ``--repeats``
-times. Prompt tensors are built once beforehand (the processor is not timed). Forward hooks
+times, with the demo's decoders and timing (only the ``generate`` calls are timed). Forward hooks
 split each ``generate`` into: the vision encoder, the first language-model forward (AR: the
 prompt prefill; Bard: prefill fused with the first block's first denoising step), the later
 language-model forwards, the rest of the model calls (embedding, image-token merge, rope
@@ -66,62 +66,49 @@ class ForwardClock:
         self.vision, self.vision_in_model, self.model, self.forwards = 0.0, 0.0, 0.0, []
 
 
-def _ar_generate(model, batch, eos: int, pad: int, max_new_tokens: int) -> int:
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, use_cache=True,
-                         eos_token_id=eos, pad_token_id=pad)
-    row = out[0, batch["input_ids"].shape[1]:].tolist()
-    return row.index(eos) + 1 if eos in row else len(row)
-
-
-def _bard_generate(model, batch, max_new_tokens: int, threshold: float) -> int:
-    _, stats = model.generate(batch, max_new_tokens=max_new_tokens, block_size=32, denoising_steps=32,
-                              remasking_strategy="low_confidence_dynamic", confidence_threshold=threshold,
-                              temperature=0.0, return_step_stats=True)
-    return stats.num_tokens[0]
+def _parts(clock: ForwardClock, total: float, tokens: int) -> dict:
+    """One answer's time split (seconds) from its ``generate`` wall time and the hooks' clocks."""
+    first, later = clock.forwards[0], sum(clock.forwards[1:])
+    return {"total": total, "vision": clock.vision, "first_forward": first, "later_forwards": later,
+            "head_and_glue": clock.model - clock.vision_in_model - first - later,
+            "loop": total - clock.model - (clock.vision - clock.vision_in_model),
+            "later_count": len(clock.forwards) - 1, "tokens": tokens}
 
 
 def measure(run: Path, prompts: int, repeats: int, threshold: float | None, max_new_tokens: int) -> dict:
-    """Per-answer time split (medians over prompts x repeats) and tokens/s ratios per repeat."""
+    """Per-answer time split (means over prompts x repeats) and the interleaved tokens/s ratio.
+
+    The project's own decoders (``toy/evaluate.py``: the demo's settings, only ``generate``
+    timed) run one prompt at a time through ``interleaved_timing``, the demo's speed timing.
+    """
+    from nemo_automodel_bard.toy.stats import interleaved_timing
+
     summary = json.loads((run / "summary.json").read_text())
     threshold = float(summary["threshold"]) if threshold is None else threshold
     examples = ev.load_examples(run / "data" / "test.jsonl", prompts)
     ar, processor = ev.load_ar(summary["checkpoints"]["ar"])
     bard = ev.load_bard(summary["checkpoints"]["swd_b32"])
-    eos = processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
-    batches = [ev.prompt_batch(processor, [e]) for e in examples]
-    decoders = {
-        "ar": (ar, lambda b: _ar_generate(ar, b, eos, processor.tokenizer.pad_token_id, max_new_tokens)),
-        "bard": (bard, lambda b: _bard_generate(bard, b, max_new_tokens, threshold)),
-    }
-    clocks = {name: ForwardClock(model) for name, (model, _) in decoders.items()}
-    rows = {name: [] for name in decoders}
-    rates = {name: [] for name in decoders}
-    with torch.no_grad():
-        for name, (_, generate) in decoders.items():
-            generate(batches[0])  # untimed warm-up
-        for _ in range(repeats):
-            totals = {name: [0, 0.0] for name in decoders}
-            for i, batch in enumerate(batches):
-                for name in (("ar", "bard") if i % 2 == 0 else ("bard", "ar")):
-                    clock = clocks[name]
-                    clock.reset()
-                    start = time.perf_counter()
-                    tokens = decoders[name][1](batch)
-                    total = time.perf_counter() - start
-                    first, later = clock.forwards[0], sum(clock.forwards[1:])
-                    rows[name].append({"total": total, "vision": clock.vision, "first_forward": first,
-                                       "later_forwards": later,
-                                       "head_and_glue": clock.model - clock.vision_in_model - first - later,
-                                       "loop": total - clock.model - (clock.vision - clock.vision_in_model),
-                                       "later_count": len(clock.forwards) - 1, "tokens": tokens})
-                    totals[name][0] += tokens
-                    totals[name][1] += total
-            for name, (tokens, seconds) in totals.items():
-                rates[name].append(tokens / seconds)
+    decoders = {"ar": (ar, ev.ar_decoder(ar, processor, max_new_tokens)),
+                "bard": (bard, ev.bard_decoder(bard, processor, max_new_tokens, **ev.bard_settings(32, threshold)))}
+    rows: dict[str, list[dict]] = {name: [] for name in decoders}
+
+    def split_recorded(name: str):
+        model, decode = decoders[name]
+        clock = ForwardClock(model)
+        decode(examples[:1])  # untimed warm-up, as in the demo
+
+        def run_one(chunk: list[dict]) -> tuple[int, float]:
+            clock.reset()
+            (result,) = decode(chunk)
+            rows[name].append(_parts(clock, result.seconds, result.tokens))
+            return result.tokens, result.seconds
+        return run_one
+
+    timing = interleaved_timing({name: split_recorded(name) for name in decoders}, ev.chunked(examples, 1), repeats)
     return {"threshold": threshold, "prompts": prompts, "repeats": repeats, "threads": torch.get_num_threads(),
             "split_ms": {name: _split(r) for name, r in rows.items()},
-            "tokens_per_s": {name: statistics.median(v) for name, v in rates.items()},
-            "speedup": statistics.median(b / a for a, b in zip(rates["ar"], rates["bard"]))}
+            "tokens_per_s": {name: v["median"] for name, v in timing["tokens_per_s"].items()},
+            "speedup": timing["ratio"]["bard"]["median"]}
 
 
 def _split(rows: list[dict]) -> dict:

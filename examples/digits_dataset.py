@@ -10,8 +10,8 @@ writes it in the upstream ``messages`` schema with two question types (the ``tas
 Each scan becomes a 32 x 32 px RGB PNG (nearest-neighbour upscaling, ink dark on white).
 The last ``--test`` scans (default 297) are the test split, the rest train; each image is
 asked one question, drawn with a fixed seed (the scans come in digit order 0..9, so
-alternating by index would only ask odd digits' parity). No ``val.jsonl``: ``bard demo --data`` splits one
-from train.
+alternating by index would only ask odd digits' parity). No ``val.jsonl``: ``bard demo
+--data`` splits one from train.
 
     python examples/digits_dataset.py --out runs/digits_data
     bard demo --data runs/digits_data --out runs/digits [--quick]

@@ -174,14 +174,11 @@ def _evaluate(checkpoint: Path, data: Path, limit: int | None, block_size: int, 
               max_new_tokens: int, revision: float = 0.0) -> dict:
     from transformers import AutoProcessor
 
-    from nemo_automodel_bard.toy.evaluate import bard_decoder, evaluate, load_bard, load_examples
+    from nemo_automodel_bard.toy.evaluate import bard_decoder, bard_settings, evaluate, load_bard, load_examples
 
     examples = load_examples(data / "test.jsonl", limit)
     model, processor = load_bard(checkpoint), AutoProcessor.from_pretrained(str(checkpoint))
-    settings = dict(block_size=block_size, denoising_steps=block_size, remasking_strategy="low_confidence_dynamic",
-                    confidence_threshold=threshold, temperature=0.0)
-    if revision:
-        settings["revision_threshold"] = revision
+    settings = bard_settings(block_size, threshold, revision)
     return asdict(evaluate(checkpoint.name, bard_decoder(model, processor, max_new_tokens, **settings), examples, settings))
 
 

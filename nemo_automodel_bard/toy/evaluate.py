@@ -47,6 +47,7 @@ __all__ = [
     "Decoder",
     "ar_decoder",
     "bard_decoder",
+    "bard_settings",
     "chunked",
     "evaluate",
     "timed_speedups",
@@ -216,6 +217,16 @@ def bard_decoder(model: Any, processor: Any, max_new_tokens: int, **gen_kwargs: 
     return decode
 
 
+def bard_settings(block_size: int, threshold: float, revision_threshold: float = 0.0) -> dict:
+    """The toy evaluation's decoding options: greedy, dynamic remasking at ``threshold``, at most
+    one step per position (``denoising_steps = block_size``); token revision only when asked."""
+    settings = dict(block_size=block_size, denoising_steps=block_size, remasking_strategy="low_confidence_dynamic",
+                    confidence_threshold=threshold, temperature=0.0)
+    if revision_threshold:
+        settings["revision_threshold"] = revision_threshold
+    return settings
+
+
 def chunked(examples: list[dict], batch_size: int) -> list[list[dict]]:
     """Consecutive chunks of ``batch_size`` examples (the last may be shorter)."""
     if batch_size < 1:
@@ -262,9 +273,10 @@ def timed_speedups(ar: Decoder, bard: Decoder, examples: list[dict], batch_sizes
     def tokens_of(decode: Decoder, counts: list[int]) -> Callable[[list[dict]], tuple[int, float]]:
         def run(chunk: list[dict]) -> tuple[int, float]:
             results = decode(chunk)
-            counts[0] += sum(r.tokens for r in results)
+            tokens = sum(r.tokens for r in results)
+            counts[0] += tokens
             counts[1] += sum(r.forwards for r in results)
-            return sum(r.tokens for r in results), sum(r.seconds for r in results)
+            return tokens, sum(r.seconds for r in results)
         return run
 
     ar(examples[:1]), bard(examples[:1])  # untimed warm-up, as in evaluate()
@@ -309,10 +321,7 @@ def run(args: argparse.Namespace) -> dict:
         model = load_bard(path)
         block = args.block_size
         for threshold in args.thresholds:
-            settings = dict(block_size=block, denoising_steps=block, remasking_strategy="low_confidence_dynamic",
-                            confidence_threshold=threshold, temperature=0.0)
-            if args.revision_threshold:
-                settings["revision_threshold"] = args.revision_threshold
+            settings = bard_settings(block, threshold, args.revision_threshold)
             decode = bard_decoder(model, processor, args.max_new_tokens, **settings)
             results.append(evaluate(f"{label}@{threshold}", decode, examples, settings, batch_size=args.batch_size))
     out = {"split": args.split, "samples": len(examples), "results": [asdict(m) for m in results]}

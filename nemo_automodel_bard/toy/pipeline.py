@@ -172,11 +172,6 @@ def stage_swd(out: Path, student: Path, teacher: Path, profile: Profile, kind: s
     return final
 
 
-def _bard_settings(block: int, threshold: float) -> dict:
-    return dict(block_size=block, denoising_steps=block, remasking_strategy="low_confidence_dynamic",
-                confidence_threshold=threshold, temperature=0.0)
-
-
 def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profile, sweep: str,
                max_new_tokens: int = 32) -> dict:
     """Evaluate AR + every checkpoint (their own block size, threshold 0.9) + the sweep of ``sweep``.
@@ -204,17 +199,17 @@ def stage_eval(out: Path, ar: Path, checkpoints: dict[str, Path], profile: Profi
     for label, path in checkpoints.items():
         model = ev.load_bard(path)
         if label != sweep:
-            settings = _bard_settings(int(model.config.block_size), 0.9)
+            settings = ev.bard_settings(int(model.config.block_size), 0.9)
             rows.append(ev.evaluate(f"{label}@0.9", ev.bard_decoder(model, processor, max_new_tokens, **settings),
                                     test, settings, batch_size=bs))
             continue
         for threshold in profile.thresholds:
-            settings = _bard_settings(32, threshold)
+            settings = ev.bard_settings(32, threshold)
             decode = ev.bard_decoder(model, processor, max_new_tokens, **settings)
             val_rows.append(asdict(ev.evaluate(f"{label}@{threshold}", decode, val, settings, batch_size=bs)))
         chosen = choose_threshold(val_rows[1:])
         for threshold in profile.thresholds if profile.test_sweep else (chosen["threshold"],):
-            settings = _bard_settings(32, threshold)
+            settings = ev.bard_settings(32, threshold)
             decode = ev.bard_decoder(model, processor, max_new_tokens, **settings)
             rows.append(ev.evaluate(f"{label}@{threshold}", decode, test, settings, batch_size=bs))
             if threshold == chosen["threshold"]:
